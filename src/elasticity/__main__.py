@@ -1,0 +1,3 @@
+from elasticity.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,101 @@
+"""Command line: a table of subcommands; each one's flags are generated from its config dataclass.
+
+Every subcommand lives in a module that exposes `Config` (a frozen dataclass) and `run(cfg, runs_root)`.
+Only the chosen subcommand's module is imported, so `elasticity --help` stays fast.
+Flags are the config's dotted keys (`--train.lr 1e-5`) and override values from `--config FILE.yaml`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+from pathlib import Path
+from typing import Any, get_args, get_origin
+
+from elasticity.config import leaf_fields, load_config, parse_flag
+from elasticity.errors import UserError
+
+# name -> (module, one-line help). The module's `Config` and `run` do the work.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "train": ("elasticity.train.command", "train (pre-train or SFT) a causal LM; writes a run directory"),
+    "generate": ("elasticity.generate", "sample responses to prompts with a recorded decoding policy"),
+    "compress": ("elasticity.compression", "bits/token, bits/byte, response-only rates and KL to a reference"),
+    "theory": ("elasticity.theory.command", "the elasticity theorem checked numerically on token trees"),
+    "world": ("elasticity.world.command", "build the embedded world's datasets and world card"),
+    "pretrain": ("elasticity.world.pretrain", "pre-train tiny models on the embedded world (cached)"),
+}
+
+DEFAULT_RUNS = "runs"
+
+
+def _flag_kwargs(tp: Any) -> dict:
+    origin = get_origin(tp)
+    args = [a for a in get_args(tp) if a is not type(None)]
+    if origin is tuple or (args and get_origin(args[0]) is tuple):
+        return {"nargs": "+"}
+    if tp is bool or (args and args[0] is bool and len(args) == 1):
+        return {"nargs": "?", "const": "true"}
+    return {}
+
+
+def _subparser(sub: argparse._SubParsersAction, name: str, help_text: str, with_flags: bool) -> tuple:
+    p = sub.add_parser(name, help=help_text, description=help_text)
+    fields = []
+    if with_flags:
+        module = importlib.import_module(COMMANDS[name][0])
+        p.add_argument("--config", metavar="FILE.yaml", help="YAML file of config values (flags override it)")
+        p.add_argument(
+            "--runs-dir",
+            default=os.environ.get("ELASTICITY_RUNS", DEFAULT_RUNS),
+            help="root of the run directories (default: $ELASTICITY_RUNS or ./runs)",
+        )
+        fields = leaf_fields(module.Config)
+        for key, tp, default in fields:
+            shown = "required" if default is None and not _optional(tp) else f"default: {default}"
+            p.add_argument(f"--{key}", dest=key, default=argparse.SUPPRESS, metavar="V", help=shown, **_flag_kwargs(tp))
+        return p, module, fields
+    return p, None, fields
+
+
+def _optional(tp: Any) -> bool:
+    return type(None) in get_args(tp)
+
+
+def build_parser(chosen: str | None) -> tuple[argparse.ArgumentParser, Any, list]:
+    parser = argparse.ArgumentParser(
+        prog="elasticity", description="Measure how language models resist alignment (Ji et al., ACL 2025)."
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    module, fields = None, []
+    for name, (_, help_text) in COMMANDS.items():
+        _, m, f = _subparser(sub, name, help_text, with_flags=(name == chosen))
+        if name == chosen:
+            module, fields = m, f
+    return parser, module, fields
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    chosen = next((a for a in argv if not a.startswith("-")), None)
+    chosen = chosen if chosen in COMMANDS else None
+    try:
+        parser, module, fields = build_parser(chosen)
+        ns = parser.parse_args(argv)
+        if ns.command is None:
+            parser.print_help()
+            return 0
+        given = vars(ns)
+        overrides = {
+            key: parse_flag(tp, given[key], key) for key, tp, _ in fields if key in given
+        }
+        cfg = load_config(module.Config, ns.config, overrides)
+        module.run(cfg, Path(ns.runs_dir))
+    except UserError as e:
+        print(f"elasticity: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("elasticity: interrupted; finished stages are kept and unfinished ones resume", file=sys.stderr)
+        return 130
+    return 0

@@ -1,0 +1,200 @@
+"""Typed, frozen dataclasses are the only config schema; YAML files and CLI flags only hold values.
+
+A command's config is a dataclass whose fields are scalars, tuples or nested dataclasses. `load_config`
+merges, in order: the dataclass defaults, a YAML file (`--config`), and dotted overrides
+(`--train.lr 1e-5`). Unknown keys and wrong types raise `UserError` naming the key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import types
+from pathlib import Path
+from typing import Any, Literal, Mapping, TypeVar, Union, get_args, get_origin, get_type_hints
+
+import yaml
+
+from elasticity.errors import UserError
+
+T = TypeVar("T")
+_NONE_WORDS = {"none", "null", "~"}
+
+
+def _is_optional(tp: Any) -> bool:
+    return get_origin(tp) in (Union, types.UnionType) and type(None) in get_args(tp)
+
+
+def _strip_optional(tp: Any) -> Any:
+    args = [a for a in get_args(tp) if a is not type(None)]
+    return args[0] if len(args) == 1 else Union[tuple(args)]
+
+
+def _type_name(tp: Any) -> str:
+    if get_origin(tp) is Literal:
+        return "one of " + ", ".join(repr(a) for a in get_args(tp))
+    return getattr(tp, "__name__", str(tp))
+
+
+def _coerce(tp: Any, value: Any, key: str) -> Any:
+    """Check `value` against the annotation `tp`, converting only where lossless (int -> float, list -> tuple)."""
+    if _is_optional(tp):
+        return None if value is None else _coerce(_strip_optional(tp), value, key)
+    origin = get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, Mapping):
+            raise UserError(f"config key '{key}' must be a mapping of {tp.__name__} fields, got {value!r}")
+        return from_dict(tp, value, prefix=key + ".")
+    if origin is Literal:
+        if value not in get_args(tp):
+            raise UserError(f"config key '{key}' must be {_type_name(tp)}, got {value!r}")
+        return value
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise UserError(f"config key '{key}' must be a list, got {value!r}")
+        args = get_args(tp)
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_coerce(args[0], v, f"{key}[{i}]") for i, v in enumerate(value))
+        if len(args) != len(value):
+            raise UserError(f"config key '{key}' must have {len(args)} items, got {len(value)}")
+        return tuple(_coerce(a, v, f"{key}[{i}]") for i, (a, v) in enumerate(zip(args, value)))
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise UserError(f"config key '{key}' must be true or false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise UserError(f"config key '{key}' must be an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise UserError(f"config key '{key}' must be a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise UserError(f"config key '{key}' must be a string, got {value!r}")
+        return value
+    raise TypeError(f"unsupported config annotation {tp!r} for '{key}'")
+
+
+def from_dict(cls: type[T], data: Mapping[str, Any], prefix: str = "") -> T:
+    """Build dataclass `cls` from a plain mapping, rejecting unknown keys and wrong types by name."""
+    hints = get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    for key in data:
+        if key not in names:
+            raise UserError(
+                f"unknown config key '{prefix}{key}' (known keys: {', '.join(sorted(prefix + n for n in names))})"
+            )
+    kwargs = {}
+    for f in dataclasses.fields(cls):
+        if f.name in data:
+            kwargs[f.name] = _coerce(hints[f.name], data[f.name], prefix + f.name)
+        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            raise UserError(f"missing config key '{prefix}{f.name}' (set it in --config or with --{prefix}{f.name})")
+    return cls(**kwargs)
+
+
+def to_dict(obj: Any) -> Any:
+    """Plain, YAML/JSON-ready form of a config (tuples become lists)."""
+    if dataclasses.is_dataclass(obj):
+        return {f.name: to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, (list, tuple)):
+        return [to_dict(v) for v in obj]
+    return obj
+
+
+def dump_yaml(obj: Any) -> str:
+    return yaml.safe_dump(to_dict(obj), sort_keys=False)
+
+
+def config_hash(payload: Any) -> str:
+    """Stable hash of a config (or any JSON-able payload): canonical JSON, sha256, 12 hex digits."""
+    text = json.dumps(to_dict(payload), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def leaf_fields(cls: type, prefix: str = "") -> list[tuple[str, Any, Any]]:
+    """(dotted key, annotation, default) for every scalar or tuple field of `cls`, recursing into sections."""
+    hints = get_type_hints(cls)
+    out = []
+    for f in dataclasses.fields(cls):
+        tp = hints[f.name]
+        if dataclasses.is_dataclass(tp):
+            out.extend(leaf_fields(tp, prefix + f.name + "."))
+        else:
+            default = f.default if f.default is not dataclasses.MISSING else None
+            if f.default_factory is not dataclasses.MISSING:
+                default = f.default_factory()
+            out.append((prefix + f.name, tp, default))
+    return out
+
+
+def parse_flag(tp: Any, raw: str | list[str], key: str) -> Any:
+    """Turn a command-line string (or list of strings, for tuples) into a value for annotation `tp`."""
+    if _is_optional(tp):
+        if isinstance(raw, str) and raw.lower() in _NONE_WORDS:
+            return None
+        return parse_flag(_strip_optional(tp), raw, key)
+    if get_origin(tp) is tuple:
+        items = raw if isinstance(raw, list) else [raw]
+        args = get_args(tp)
+        item_types = [args[0]] * len(items) if args[-1] is Ellipsis else list(args)
+        if len(item_types) != len(items):
+            raise UserError(f"--{key} takes {len(item_types)} values, got {len(items)}")
+        return [parse_flag(t, s, key) for t, s in zip(item_types, items)]
+    if tp is bool:
+        low = raw.lower()
+        if low not in ("true", "false", "1", "0", "yes", "no"):
+            raise UserError(f"--{key} must be true or false, got {raw!r}")
+        return low in ("true", "1", "yes")
+    try:
+        if tp is int:
+            return int(raw)
+        if tp is float:
+            return float(raw)
+    except ValueError:
+        raise UserError(f"--{key} must be {'an integer' if tp is int else 'a number'}, got {raw!r}") from None
+    if get_origin(tp) is Literal:
+        choices = get_args(tp)
+        for c in choices:
+            if str(c) == raw:
+                return c
+        raise UserError(f"--{key} must be {_type_name(tp)}, got {raw!r}")
+    return raw
+
+
+def _set_dotted(tree: dict, dotted: str, value: Any) -> None:
+    parts = dotted.split(".")
+    node = tree
+    for p in parts[:-1]:
+        child = node.get(p)
+        if not isinstance(child, dict):
+            child = node[p] = {}
+        node = child
+    node[parts[-1]] = value
+
+
+def read_yaml(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"config file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise UserError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise UserError(f"{path}: a config file must hold a mapping of keys to values")
+    return data
+
+
+def load_config(cls: type[T], path: str | Path | None = None, overrides: Mapping[str, Any] | None = None) -> T:
+    """Defaults < YAML file < dotted overrides (already-typed values, e.g. from `parse_flag`)."""
+    tree: dict = read_yaml(path) if path else {}
+    for dotted, value in (overrides or {}).items():
+        _set_dotted(tree, dotted, value)
+    return from_dict(cls, tree)
+

@@ -1,0 +1,1 @@
+"""Records from files or Hugging Face datasets; tokenisation with prompt masking; low-padding batches."""

@@ -1,0 +1,63 @@
+"""Load any Hugging Face causal LM and its tokenizer from a local folder or, when asked, a hub id.
+
+Safetensors are preferred whenever the folder has them; `trust_remote_code` stays off unless the caller
+turns it on. A local-looking path that does not exist is a user error, never a silent hub lookup.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from elasticity.errors import UserError
+
+
+def _looks_local(source: str) -> bool:
+    return source.startswith((".", "/", "~")) or source.count("/") > 1 or Path(source).exists()
+
+
+def resolve_model_source(source: str) -> str:
+    """Check a model path or hub id and return it; a run directory resolves to its `model/` folder."""
+    path = Path(source).expanduser()
+    if path.is_dir():
+        if (path / "model" / "config.json").exists():  # a training run directory of ours
+            return str(path / "model")
+        if not (path / "config.json").exists():
+            raise UserError(f"model folder {path} has no config.json (is it a Hugging Face model directory?)")
+        return str(path)
+    if _looks_local(source):
+        raise UserError(f"model path does not exist: {source}")
+    return source  # a hub id such as "gpt2" or "org/name"
+
+
+def load_tokenizer(source: str, trust_remote_code: bool = False):
+    from transformers import AutoTokenizer
+
+    source = resolve_model_source(source)
+    try:
+        tok = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as e:
+        raise UserError(f"cannot load a tokenizer from '{source}': {str(e).splitlines()[0]}") from None
+    if tok.pad_token is None:  # batching needs a pad id; padded positions are always masked out
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def load_causal_lm(source: str, trust_remote_code: bool = False, dtype: str | None = None):
+    """Return (model, tokenizer) in eval mode on the CPU; the caller moves the model where it runs."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    source = resolve_model_source(source)
+    local = Path(source).is_dir()
+    use_safetensors = True if local and any(Path(source).glob("*.safetensors")) else None
+    try:
+        model = AutoModelForCausalLM.from_pretrained(
+            source,
+            trust_remote_code=trust_remote_code,
+            use_safetensors=use_safetensors,
+            dtype=getattr(torch, dtype) if dtype else torch.float32,
+        )
+    except (OSError, ValueError) as e:
+        raise UserError(f"cannot load a causal LM from '{source}': {str(e).splitlines()[0]}") from None
+    model.eval()
+    return model, load_tokenizer(source, trust_remote_code)
