@@ -1,0 +1,45 @@
+"""Tokenisation: prompt/response pairs with the prompt masked out of the loss, and plain documents.
+
+A pair is encoded as `encode(prompt, with special tokens) + encode(response) + [eos]`: the two parts are
+tokenised separately, so the mask falls exactly on the boundary (no token straddles prompt and response).
+Targets use the usual HF convention: `labels` is aligned with `input_ids` and the loss at position t
+predicts token t from tokens < t; prompt positions hold `IGNORE`.
+Truncation is never silent: encoders return a flag and callers count and log it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+IGNORE = -100
+
+
+@dataclass(frozen=True)
+class Example:
+    input_ids: list[int]
+    labels: list[int]  # IGNORE where there is no loss (prompt tokens)
+    truncated: bool = False
+
+    @property
+    def n_targets(self) -> int:
+        """Tokens that are predicted (label set and not the first position, which nothing predicts)."""
+        return sum(1 for t in self.labels[1:] if t != IGNORE)
+
+
+def encode_pair(tok, prompt: str, response: str, max_length: int) -> Example:
+    """Prompt tokens (with the tokenizer's own BOS, if it adds one) are masked; response + EOS are targets."""
+    p = tok(prompt, add_special_tokens=True)["input_ids"]
+    r = tok(response, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+    ids = p + r
+    labels = [IGNORE] * len(p) + r
+    truncated = len(ids) > max_length
+    return Example(ids[:max_length], labels[:max_length], truncated)
+
+
+def encode_text(tok, text: str, max_length: int | None = None) -> Example:
+    """A whole document with EOS appended; every token is a target. Truncated only if max_length is set."""
+    ids = tok(text, add_special_tokens=True)["input_ids"] + [tok.eos_token_id]
+    truncated = max_length is not None and len(ids) > max_length
+    if truncated:
+        ids = ids[:max_length]
+    return Example(ids, list(ids), truncated)
