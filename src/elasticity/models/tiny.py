@@ -45,8 +45,12 @@ def build_tiny_model(size: str, vocab_size: int, max_length: int, seed: int):
 
 
 def train_tokenizer(texts: Iterable[str], vocab_size: int = 1024):
-    """Byte-level BPE trained on `texts`, wrapped as a `PreTrainedTokenizerFast` (no BOS added on encode)."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    """Byte-level BPE trained on `texts`, wrapped as a `PreTrainedTokenizerFast`.
+
+    Like LLaMA's tokenizer it puts BOS in front of every encoded text (`add_special_tokens=True`), so a
+    document, a prompt and a packed pre-training block all start the way the model saw documents start.
+    """
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
     from transformers import PreTrainedTokenizerFast
 
     tok = Tokenizer(models.BPE())
@@ -59,6 +63,10 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int = 1024):
         show_progress=False,
     )
     tok.train_from_iterator(texts, trainer=trainer)
+    bos = SPECIAL["bos"]
+    tok.post_processor = processors.TemplateProcessing(
+        single=f"{bos} $A", pair=f"{bos} $A $B", special_tokens=[(bos, tok.token_to_id(bos))]
+    )
     return PreTrainedTokenizerFast(
         tokenizer_object=tok, bos_token=SPECIAL["bos"], eos_token=SPECIAL["eos"], pad_token=SPECIAL["pad"]
     )
