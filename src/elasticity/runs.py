@@ -18,6 +18,7 @@ import hashlib
 import json
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -27,6 +28,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from elasticity.config import config_hash, dump_yaml, to_dict
+from elasticity.errors import UserError
 
 DONE = "DONE"
 _LIBRARIES = ("torch", "transformers", "accelerate", "peft", "tokenizers", "datasets", "numpy")
@@ -184,11 +186,17 @@ def run_stage(
         if not quiet:
             print(f"[{stage}] finished run found, reusing {run.path}", file=sys.stderr)
         return run
+    fresh = not run.path.exists()
     run.path.mkdir(parents=True, exist_ok=True)
     inputs_text = "\n".join(f"#   {k}: {v} ({input_hash(v)})" for k, v in sorted(inputs.items()))
     run.write_text("config.yaml", f"# stage: {stage}\n# inputs:\n{inputs_text}\n" + dump_yaml(config))
     started = time.time()
-    extra = work(run) or {}
+    try:
+        extra = work(run) or {}
+    except UserError:
+        if fresh:  # a user error leaves nothing behind; an interrupted run keeps its files to resume from
+            shutil.rmtree(run.path, ignore_errors=True)
+        raise
     meta = {
         "stage": stage,
         **provenance(),

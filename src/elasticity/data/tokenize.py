@@ -43,3 +43,29 @@ def encode_text(tok, text: str, max_length: int | None = None) -> Example:
     if truncated:
         ids = ids[:max_length]
     return Example(ids, list(ids), truncated)
+
+
+def tokenize_records(records: list[dict], tok, max_length: int, name: str = "data", pack: bool = False) -> list[Example]:
+    """Tokenise text or prompt/response records; truncation is counted and reported, never silent.
+
+    With `pack`, text documents are encoded whole and cut into full blocks of `max_length` tokens.
+    """
+    import sys
+
+    from elasticity.data.batching import pack as pack_blocks
+
+    is_pair = "prompt" in records[0]
+    if is_pair:
+        examples = [encode_pair(tok, r["prompt"], r["response"], max_length) for r in records]
+    else:
+        examples = [encode_text(tok, r["text"], None if pack else max_length) for r in records]
+    if pack and not is_pair:
+        blocks = pack_blocks(examples, max_length)
+        print(f"[data] {name}: {len(examples)} documents packed into {len(blocks)} blocks of {max_length} tokens",
+              file=sys.stderr)
+        return blocks
+    n_trunc = sum(ex.truncated for ex in examples)
+    if n_trunc:
+        print(f"[data] {name}: {n_trunc} of {len(examples)} examples truncated to {max_length} tokens",
+              file=sys.stderr)
+    return examples

@@ -15,14 +15,14 @@ def _looks_local(source: str) -> bool:
     return source.startswith((".", "/", "~")) or source.count("/") > 1 or Path(source).exists()
 
 
-def resolve_model_source(source: str) -> str:
+def resolve_model_source(source: str, need: str = "config.json") -> str:
     """Check a model path or hub id and return it; a run directory resolves to its `model/` folder."""
     path = Path(source).expanduser()
     if path.is_dir():
         if (path / "model" / "config.json").exists():  # a training run directory of ours
             return str(path / "model")
-        if not (path / "config.json").exists():
-            raise UserError(f"model folder {path} has no config.json (is it a Hugging Face model directory?)")
+        if not (path / need).exists():
+            raise UserError(f"folder {path} has no {need} (is it a Hugging Face model or tokenizer directory?)")
         return str(path)
     if _looks_local(source):
         raise UserError(f"model path does not exist: {source}")
@@ -32,7 +32,7 @@ def resolve_model_source(source: str) -> str:
 def load_tokenizer(source: str, trust_remote_code: bool = False):
     from transformers import AutoTokenizer
 
-    source = resolve_model_source(source)
+    source = resolve_model_source(source, need="tokenizer_config.json")
     try:
         tok = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as e:

@@ -1,0 +1,89 @@
+"""Turn examples into padded micro-batches with little waste, in an order fixed by the seed.
+
+Two ways to keep padding low:
+- `pack`: language-model documents are concatenated (each already BOS ... EOS) and cut into full blocks:
+  zero padding. Used for pre-training.
+- `bucket`: SFT examples keep their identity (prompt masks must survive), so we pad per micro-batch and,
+  optionally, sort by length inside windows of `bucket` optimizer steps. Windows are whole optimizer steps,
+  so training on the first q examples is still a prefix of training on more whenever q ends a window.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+import torch
+
+from elasticity.data.tokenize import IGNORE, Example
+
+
+def pack(examples: list[Example], block: int) -> list[Example]:
+    """Concatenate documents and cut full blocks of `block` tokens (a short tail is dropped and counted)."""
+    stream = [t for ex in examples for t in ex.input_ids]
+    n = len(stream) // block
+    return [Example(stream[i * block:(i + 1) * block], stream[i * block:(i + 1) * block]) for i in range(n)]
+
+
+def ordered_indices(n: int, seed: int, shuffle: bool) -> list[int]:
+    order = list(range(n))
+    if shuffle:
+        random.Random(seed).shuffle(order)
+    return order
+
+
+@dataclass(frozen=True)
+class Step:
+    """One optimizer step: its micro-batches and the number of loss targets in all of them together."""
+
+    micro_batches: list[list[int]]  # example indices per micro-batch
+    n_targets: int
+
+
+def plan_steps(
+    examples: list[Example],
+    order: list[int],
+    micro_batch: int,
+    grad_accum: int,
+    bucket: int = 0,
+    boundaries: tuple[int, ...] = (),
+) -> list[Step]:
+    """Group `order` into optimizer steps of `micro_batch * grad_accum` examples.
+
+    No step crosses a boundary (a count of examples, e.g. a rebound Q): the step before it is cut short.
+    So the steps of a run on the first q examples are exactly the first steps of a run on more examples,
+    whatever the batch size: the basis of nested runs. With `bucket > 0`, examples are sorted by length
+    within windows of `bucket` steps (inside a segment), so micro-batches hold examples of similar length.
+    The loss of a step is normalised by its total target count (see the training loop).
+    """
+    per_step = micro_batch * grad_accum
+    cuts = sorted({0, len(order), *(b for b in boundaries if 0 < b < len(order))})
+    steps = []
+    for start, end in zip(cuts, cuts[1:]):
+        segment = order[start:end]
+        if bucket > 0:
+            window = per_step * bucket
+            segment = [
+                i
+                for w in range(0, len(segment), window)
+                for i in sorted(segment[w:w + window], key=lambda j: len(examples[j].input_ids))
+            ]
+        for s in range(0, len(segment), per_step):
+            chunk = segment[s:s + per_step]
+            mbs = [chunk[m:m + micro_batch] for m in range(0, len(chunk), micro_batch)]
+            steps.append(Step(mbs, sum(examples[i].n_targets for i in chunk)))
+    return steps
+
+
+def collate(examples: list[Example], pad_id: int) -> dict[str, torch.Tensor]:
+    """Right-pad to the longest example; padded positions are masked from attention and loss."""
+    width = max(len(ex.input_ids) for ex in examples)
+    ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(examples), width), IGNORE, dtype=torch.long)
+    mask = torch.zeros((len(examples), width), dtype=torch.long)
+    for row, ex in enumerate(examples):
+        n = len(ex.input_ids)
+        ids[row, :n] = torch.tensor(ex.input_ids)
+        labels[row, :n] = torch.tensor(ex.labels)
+        mask[row, :n] = 1
+    return {"input_ids": ids, "attention_mask": mask, "labels": labels}  # each (B, T)

@@ -1,0 +1,52 @@
+"""What model a stage starts from: an existing model (folder, run directory, hub id) or a tiny preset
+built from scratch with a given tokenizer; optionally wrapped with LoRA adapters."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from elasticity.errors import UserError
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    path: str | None = None  # HF model folder, run directory (its model/), or hub id
+    size: str | None = None  # or: a tiny preset built from scratch ("0.2m", "1m", "5m") ...
+    tokenizer: str | None = None  # ... with this tokenizer folder
+    init_seed: int = 0  # random initialisation of a tiny preset
+    trust_remote_code: bool = False
+    lora_r: int = 0  # > 0 trains LoRA adapters of this rank instead of all weights
+    lora_alpha: float = 16.0
+    lora_dropout: float = 0.0
+    lora_targets: str = "all-linear"
+
+
+def model_input(cfg: ModelConfig) -> str:
+    """The string that identifies the starting model for hashing (a path is hashed by content)."""
+    if cfg.path:
+        return cfg.path
+    return str(cfg.tokenizer)
+
+
+def load_model_for_training(cfg: ModelConfig, max_length: int):
+    """Return (model, tokenizer) ready to train, in train mode, on the CPU."""
+    from elasticity.models.hf import load_causal_lm, load_tokenizer
+    from elasticity.models.tiny import build_tiny_model
+
+    if bool(cfg.path) == bool(cfg.size):
+        raise UserError("set exactly one of model.path (an existing model) and model.size (a tiny preset)")
+    if cfg.size:
+        if not cfg.tokenizer:
+            raise UserError("model.size builds a model from scratch and needs model.tokenizer (a tokenizer folder)")
+        tok = load_tokenizer(cfg.tokenizer)
+        model = build_tiny_model(cfg.size, len(tok), max_length, cfg.init_seed)
+    else:
+        model, tok = load_causal_lm(cfg.path, trust_remote_code=cfg.trust_remote_code)
+    if cfg.lora_r > 0:
+        from peft import LoraConfig, get_peft_model
+
+        lora = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
+                          target_modules=cfg.lora_targets, task_type="CAUSAL_LM")
+        model = get_peft_model(model, lora)
+    model.train()
+    return model, tok

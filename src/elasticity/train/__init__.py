@@ -1,0 +1,1 @@
+"""One training loop for pre-training and SFT, and the `elasticity train` command."""

@@ -1,0 +1,83 @@
+"""`elasticity train`: pre-train or SFT a causal LM into a run directory (the `train` stage)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from elasticity.data.records import Fields, load_records
+from elasticity.data.tokenize import tokenize_records
+from elasticity.models.spec import ModelConfig, load_model_for_training, model_input
+from elasticity.runs import Run, run_stage
+from elasticity.train.loop import TrainConfig, train
+
+
+@dataclass(frozen=True)
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: str = ""  # training records: JSONL/JSON file or hf:NAME
+    kind: str = "sft"  # "sft" (prompt/response, response-only loss) or "text" (language modelling)
+    pack: bool = True  # text only: pack documents into full blocks (no padding)
+    eval: tuple[str, ...] = ()  # evaluation datasets, named by file stem
+    fields: Fields = field(default_factory=Fields)
+    split: str = "train"
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+
+def _need(kind: str) -> tuple[str, ...]:
+    from elasticity.errors import UserError
+
+    if kind not in ("sft", "text"):
+        raise UserError(f"kind must be 'sft' or 'text', got '{kind}'")
+    return ("prompt", "response") if kind == "sft" else ("text",)
+
+
+def _eval_sets(cfg: Config, tok) -> dict:
+    out = {}
+    for source in cfg.eval:
+        records = load_records(source, ("text",) if _is_text(source, cfg) else ("prompt", "response"), cfg.fields)
+        out[Path(source).stem] = tokenize_records(records, tok, cfg.train.max_length, Path(source).stem)
+    return out
+
+
+def _is_text(source: str, cfg: Config) -> bool:
+    """An evaluation file is text if its first record has the text field (evals may mix kinds)."""
+    import json
+
+    if source.startswith("hf:"):
+        return cfg.kind == "text"
+    with open(source, encoding="utf-8") as f:
+        first = f.readline()
+    try:
+        return cfg.fields.text in json.loads(first)
+    except (json.JSONDecodeError, TypeError):
+        return cfg.kind == "text"
+
+
+def train_stage(cfg: Config, runs_root: Path, quiet: bool = False) -> Run:
+    """Run (or reuse) the train stage for `cfg`; the trained model is in `<run>/model`."""
+    from elasticity.errors import UserError
+
+    if not cfg.data:
+        raise UserError("missing config key 'data' (the training records; set --data FILE.jsonl)")
+    need = _need(cfg.kind)
+    records = load_records(cfg.data, need, cfg.fields, cfg.split)  # validate before creating the run
+    for source in cfg.eval:
+        if not source.startswith("hf:") and not Path(source).is_file():
+            raise UserError(f"data file not found: {source}")
+
+    def work(run: Run) -> dict:
+        model, tok = load_model_for_training(cfg.model, cfg.train.max_length)
+        examples = tokenize_records(records, tok, cfg.train.max_length, Path(cfg.data).stem,
+                                    pack=cfg.pack and cfg.kind == "text")
+        summary = train(model, tok, examples, cfg.train, run, _eval_sets(cfg, tok))
+        run.write_json("summary.json", summary)
+        return {"processes": summary["processes"]}
+
+    inputs = {"model": model_input(cfg.model), "data": cfg.data, **{f"eval:{e}": e for e in cfg.eval}}
+    return run_stage(runs_root, "train", cfg, inputs, work, seed=cfg.train.seed, quiet=quiet)
+
+
+def run(cfg: Config, runs_root: Path) -> None:
+    result = train_stage(cfg, runs_root)
+    print(result.path)

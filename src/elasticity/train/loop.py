@@ -1,0 +1,315 @@
+"""The one training loop: language-model pre-training and SFT on `accelerate`, read top to bottom.
+
+Invariances it guarantees (and tests check):
+- The loss of an optimizer step is (sum of token NLLs) / (target tokens in the whole step), so any split
+  into micro-batches and gradient-accumulation steps gives the same gradient as one big batch.
+- The data order is a pure function of the seed, steps never cross a `boundaries` example count, and the
+  schedule is constant or cosine over a known step count: training on the first q examples is a prefix
+  of training on more (nested runs), and a resumed run replays exactly the steps it had left.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from elasticity.data.batching import Step, collate, ordered_indices, plan_steps
+from elasticity.data.tokenize import IGNORE, Example
+from elasticity.errors import UserError
+from elasticity.runs import Run, write_json
+
+LN2 = math.log(2)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Optimisation settings. Defaults follow the paper's fine-tuning runs (constant lr, AdamW 0.9/0.95)."""
+
+    lr: float = 1e-5
+    betas: tuple[float, float] = (0.9, 0.95)
+    weight_decay: float = 0.0
+    schedule: Literal["constant", "cosine"] = "constant"
+    warmup_steps: int = 0
+    min_lr_ratio: float = 0.1  # cosine floor, as a fraction of lr
+    batch_size: int = 8  # examples per micro-batch, per process
+    grad_accum: int = 1  # micro-batches per optimizer step
+    epochs: int = 1
+    max_steps: int | None = None
+    max_grad_norm: float | None = 1.0
+    bf16: bool = False  # bf16 autocast; parameters and optimizer stay fp32
+    seed: int = 0
+    max_length: int = 512
+    shuffle: bool = True
+    bucket: int = 0  # sort by length within windows of this many steps (SFT); 0 = keep the order
+    eval_every: int = 0  # steps between evaluations; 0 = only at the start and the end
+    eval_batch_size: int = 32
+    checkpoint_steps: tuple[int, ...] = ()
+    checkpoint_tokens: tuple[int, ...] = ()  # after the step that reaches this many input tokens
+    checkpoint_examples: tuple[int, ...] = ()  # exactly after this many examples (steps are cut to fit)
+    save_every: int = 0  # steps between resume states; 0 = only at checkpoints
+    log_every: int = 1
+
+
+@dataclass
+class Progress:
+    step: int = 0
+    examples: int = 0
+    tokens: int = 0  # input tokens processed (padding excluded)
+
+
+def token_nll(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int]:
+    """Sum of next-token NLLs (nats) over target positions, and their count."""
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits  # (B, T, V)
+    targets = batch["labels"][:, 1:]  # (B, T-1): position t is predicted from tokens < t
+    nll = F.cross_entropy(
+        logits[:, :-1].float().reshape(-1, logits.size(-1)), targets.reshape(-1), ignore_index=IGNORE, reduction="sum"
+    )
+    return nll, int((targets != IGNORE).sum())
+
+
+@torch.inference_mode()
+def evaluate(model, examples: list[Example], pad_id: int, batch_size: int = 32, bf16: bool = False, accelerator=None):
+    """Teacher-forced loss on `examples`: returns (nats, targets), summed over all processes."""
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    order = sorted(range(len(examples)), key=lambda i: len(examples[i].input_ids))
+    rank, world = (accelerator.process_index, accelerator.num_processes) if accelerator else (0, 1)
+    batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)][rank::world]
+    total = torch.zeros(2, dtype=torch.float64, device=device)
+    for idx in batches:
+        batch = {k: v.to(device) for k, v in collate([examples[i] for i in idx], pad_id).items()}
+        with _autocast(device, bf16):
+            nll, n = token_nll(model, batch)
+        total += torch.tensor([nll.item(), n], dtype=torch.float64, device=device)
+    if accelerator is not None and world > 1:
+        total = accelerator.reduce(total, reduction="sum")
+    model.train(was_training)
+    return float(total[0]), int(total[1])
+
+
+def _autocast(device: torch.device, bf16: bool):
+    return torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else nullcontext()
+
+
+def _lr_lambda(cfg: TrainConfig, total_steps: int) -> Callable[[int], float]:
+    def factor(step: int) -> float:
+        if step < cfg.warmup_steps:
+            return (step + 1) / cfg.warmup_steps
+        if cfg.schedule == "constant":
+            return 1.0
+        progress = (step - cfg.warmup_steps) / max(1, total_steps - cfg.warmup_steps)
+        return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+    return factor
+
+
+def plan(examples: list[Example], cfg: TrainConfig, world: int = 1) -> list[Step]:
+    """All optimizer steps of the run, epochs included (each epoch reshuffled by seed + epoch)."""
+    steps = []
+    for epoch in range(cfg.epochs):
+        order = ordered_indices(len(examples), cfg.seed + epoch, cfg.shuffle)
+        bounds = tuple(q for q in cfg.checkpoint_examples) if epoch == 0 else ()
+        # Each process takes every world-th micro-batch of a step: the effective batch is
+        # batch_size * grad_accum * world examples.
+        steps += plan_steps(examples, order, cfg.batch_size, cfg.grad_accum * world, cfg.bucket, bounds)
+    return steps[: cfg.max_steps] if cfg.max_steps else steps
+
+
+def _save_model(model, tok, path: Path, accelerator, progress: Progress) -> None:
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()  # "Writing model shards" bars would bury the training bar
+        tmp = path.with_name(path.name + ".tmp")
+        accelerator.unwrap_model(model).save_pretrained(tmp, safe_serialization=True)
+        if tok is not None:
+            tok.save_pretrained(tmp)
+        write_json(tmp / "progress.json", vars(progress))
+        if path.exists():
+            import shutil
+
+            shutil.rmtree(path)
+        tmp.rename(path)  # a checkpoint folder appears whole or not at all
+    accelerator.wait_for_everyone()
+
+
+def _save_resume(run: Run, model, optimizer, scheduler, progress: Progress, accelerator) -> None:
+    if not accelerator.is_main_process:
+        return
+    state = {
+        "model": accelerator.unwrap_model(model).state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "progress": vars(progress).copy(),
+        "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()},
+    }
+    tmp = run.file("resume.pt.tmp")
+    torch.save(state, tmp)
+    tmp.replace(run.file("resume.pt"))
+
+
+def _load_resume(run: Run, model, optimizer, scheduler, accelerator) -> Progress:
+    state = torch.load(run.file("resume.pt"), map_location="cpu", weights_only=False)
+    accelerator.unwrap_model(model).load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    torch.set_rng_state(state["rng"]["torch"])
+    np.random.set_state(state["rng"]["numpy"])
+    random.setstate(state["rng"]["python"])
+    return Progress(**state["progress"])
+
+
+def train(
+    model,
+    tok,
+    examples: list[Example],
+    cfg: TrainConfig,
+    run: Run,
+    evals: dict[str, list[Example]] | None = None,
+    on_step: Callable[[Progress, object], None] | None = None,
+    progress_bar: bool = True,
+) -> dict:
+    """Train `model` in place on `examples`; write metrics, checkpoints and the final model into `run`.
+
+    Args:
+        model: a causal LM (HF or peft-wrapped), on the CPU; accelerate places it.
+        tok: its tokenizer (saved beside every checkpoint; its pad id pads batches).
+        examples: tokenised examples; their labels say which tokens carry loss.
+        cfg: optimisation settings.
+        run: the run directory; `resume.pt` there, if present, is resumed from.
+        evals: named evaluation sets, scored at start, every `eval_every` steps and at the end.
+        on_step: called after every optimizer step with (progress, unwrapped model), e.g. for snapshots.
+
+    Returns:
+        A summary dict (steps, examples, tokens, final train loss, last evaluation).
+    """
+    from accelerate import Accelerator
+    from tqdm.auto import tqdm
+
+    if not examples:
+        raise UserError("no training examples")
+    accelerator = Accelerator()
+    world = accelerator.num_processes
+    steps = plan(examples, cfg, world)
+    if not steps:
+        raise UserError("the training data gives no optimizer step; lower the batch size or add data")
+    torch.manual_seed(cfg.seed)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay, eps=1e-8)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(cfg, len(steps)))
+    model, optimizer = accelerator.prepare(model, optimizer)
+    device = accelerator.device
+    pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+
+    progress = Progress()
+    if run.file("resume.pt").exists():
+        progress = _load_resume(run, model, optimizer, scheduler, accelerator)
+        run.truncate_metrics(lambda r: r.get("step", 0) <= progress.step)
+        print(f"[train] resuming {run.path} at step {progress.step}/{len(steps)}")
+    elif accelerator.is_main_process:
+        run.truncate_metrics(lambda r: False)
+
+    evals = evals or {}
+    token_marks = sorted(cfg.checkpoint_tokens)
+
+    def do_eval() -> dict:
+        record = {}
+        for name, data in evals.items():
+            nats, n = evaluate(model, data, pad_id, cfg.eval_batch_size, cfg.bf16, accelerator)
+            record[f"eval/{name}/loss"] = nats / max(n, 1)
+            record[f"eval/{name}/bits_per_token"] = nats / max(n, 1) / LN2
+        return record
+
+    if evals and progress.step == 0 and accelerator.is_main_process:
+        run.log({"step": 0, "examples": 0, "tokens": 0, **do_eval()})
+
+    model.train()
+    bar = tqdm(total=len(steps), initial=progress.step, disable=not (progress_bar and accelerator.is_main_process),
+               desc="train", unit="step", dynamic_ncols=True)
+    last_eval: dict = {}
+    train_loss = float("nan")
+    t0 = time.perf_counter()
+    for step in steps[progress.step:]:
+        mine = step.micro_batches[accelerator.process_index::world] or [[]]
+        step_nll = torch.zeros((), dtype=torch.float64, device=device)
+        step_tokens = 0
+        for m, idx in enumerate(mine):
+            if not idx:  # this process has no share of a short step: contribute a zero gradient
+                loss = sum(p.sum() * 0.0 for p in params)
+                accelerator.backward(loss)
+                continue
+            batch = {k: v.to(device) for k, v in collate([examples[i] for i in idx], pad_id).items()}
+            sync = m == len(mine) - 1
+            with (nullcontext() if sync else accelerator.no_sync(model)), _autocast(device, cfg.bf16):
+                nll, _ = token_nll(model, batch)
+                # DDP averages gradients over processes, so scale by `world` to get sum / n_targets overall.
+                accelerator.backward(nll * world / max(step.n_targets, 1))
+            step_nll += nll.detach().double()
+            step_tokens += int(batch["attention_mask"].sum())
+        if world > 1:
+            step_nll = accelerator.reduce(step_nll, reduction="sum")
+            step_tokens = int(accelerator.reduce(torch.tensor(step_tokens, device=device), reduction="sum"))
+        grad_norm = None
+        if cfg.max_grad_norm is not None:
+            grad_norm = float(accelerator.clip_grad_norm_(params, cfg.max_grad_norm))
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+
+        tokens_before = progress.tokens
+        progress.step += 1
+        progress.examples += sum(len(i) for i in step.micro_batches)
+        progress.tokens += step_tokens
+        train_loss = float(step_nll) / max(step.n_targets, 1)
+        bar.update(1)
+        bar.set_postfix(loss=f"{train_loss:.3f}")
+
+        record = {"step": progress.step, "examples": progress.examples, "tokens": progress.tokens,
+                  "train/loss": train_loss, "lr": scheduler.get_last_lr()[0]}
+        if grad_norm is not None:
+            record["train/grad_norm"] = grad_norm
+        is_last = progress.step == len(steps)
+        if evals and (is_last or (cfg.eval_every and progress.step % cfg.eval_every == 0)):
+            last_eval = do_eval()
+            record.update(last_eval)
+        if accelerator.is_main_process and (is_last or progress.step % cfg.log_every == 0 or len(record) > 6):
+            run.log(record)
+
+        marks = []
+        if progress.step in cfg.checkpoint_steps:
+            marks.append(f"step-{progress.step}")
+        marks += [f"tokens-{t}" for t in token_marks if tokens_before < t <= progress.tokens]
+        if progress.examples in cfg.checkpoint_examples:
+            marks.append(f"examples-{progress.examples}")
+        for name in marks:
+            _save_model(model, tok, run.file("checkpoints") / name, accelerator, progress)
+        if on_step is not None:
+            on_step(progress, accelerator.unwrap_model(model))
+        if not is_last and (marks or (cfg.save_every and progress.step % cfg.save_every == 0)):
+            _save_resume(run, model, optimizer, scheduler, progress, accelerator)
+    bar.close()
+
+    _save_model(model, tok, run.file("model"), accelerator, progress)
+    if accelerator.is_main_process:
+        run.file("resume.pt").unlink(missing_ok=True)
+    elapsed = time.perf_counter() - t0
+    return {
+        "steps": progress.step,
+        "examples": progress.examples,
+        "tokens": progress.tokens,
+        "final_train_loss": train_loss,
+        "last_eval": last_eval,
+        "train_seconds_this_session": round(elapsed, 3),
+        "processes": world,
+    }
