@@ -82,7 +82,13 @@ def main(argv: list[str] | None = None) -> int:
     chosen = chosen if chosen in COMMANDS else None
     try:
         parser, module, fields = build_parser(chosen)
-        ns = parser.parse_args(argv)
+        try:
+            ns, unknown = parser.parse_known_args(argv)
+        except SystemExit as e:  # argparse's own errors (and --help) already printed their line
+            return int(e.code or 0)
+        if unknown:
+            flag = next((u for u in unknown if u.startswith("--")), unknown[0])
+            raise UserError(f"unknown config key '{flag.lstrip('-')}' (see `elasticity {chosen} --help`)")
         if ns.command is None:
             parser.print_help()
             return 0
