@@ -1,0 +1,155 @@
+"""Batched sampling with a KV cache under an explicit, recorded decoding policy (`elasticity generate`).
+
+Every (prompt, sample) pair draws from its own random generator seeded by (policy seed, prompt index,
+sample index), so a sample does not depend on the batch it was drawn in, on the batch size, or on the
+other prompts: the same policy gives the same texts whatever the hardware batch.
+"""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+from elasticity.errors import UserError
+
+
+@dataclass(frozen=True)
+class DecodingPolicy:
+    temperature: float = 1.0  # 0 = greedy
+    top_p: float = 1.0
+    max_new_tokens: int = 64
+    samples_per_prompt: int = 1
+    seed: int = 0
+    batch_size: int = 64  # rows per forward pass; does not change the samples
+
+    def check(self) -> None:
+        if self.temperature < 0 or not 0 < self.top_p <= 1 or self.max_new_tokens < 1 or self.samples_per_prompt < 1:
+            raise UserError(
+                "decoding policy needs temperature >= 0, 0 < top_p <= 1, max_new_tokens >= 1, samples_per_prompt >= 1"
+            )
+
+
+def _row_generator(seed: int, prompt_index: int, sample_index: int) -> torch.Generator:
+    g = torch.Generator()
+    g.manual_seed((seed * 1_000_003 + prompt_index) * 10_007 + sample_index)
+    return g
+
+
+def _pick(logits: torch.Tensor, policy: DecodingPolicy, gens: list[torch.Generator]) -> torch.Tensor:
+    """Next token per row from (B, V) logits: greedy, or temperature + nucleus sampling per row."""
+    if policy.temperature == 0:
+        return logits.argmax(-1)
+    probs = torch.softmax(logits.float() / policy.temperature, dim=-1)  # (B, V)
+    if policy.top_p < 1.0:
+        sorted_p, order = probs.sort(dim=-1, descending=True)
+        keep = sorted_p.cumsum(-1) - sorted_p < policy.top_p  # smallest set whose mass reaches top_p
+        sorted_p = sorted_p * keep
+        probs = torch.zeros_like(probs).scatter(-1, order, sorted_p)
+    return torch.stack([torch.multinomial(probs[i], 1, generator=g)[0] for i, g in enumerate(gens)])
+
+
+@torch.inference_mode()
+def generate(model, tok, prompts: list[str], policy: DecodingPolicy) -> list[dict]:
+    """Sample `policy.samples_per_prompt` continuations of each prompt.
+
+    Returns one record per sample: prompt_index, sample_index, prompt, response (decoded, special tokens
+    dropped), new_tokens, and finished (True if the model ended the text with EOS).
+    """
+    policy.check()
+    model.eval()
+    device = next(model.parameters()).device
+    pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    encoded = [tok(p, add_special_tokens=True)["input_ids"] for p in prompts]
+    rows = [(i, s) for i in range(len(prompts)) for s in range(policy.samples_per_prompt)]
+    rows.sort(key=lambda r: len(encoded[r[0]]))  # similar lengths share a batch: less left padding
+    out = []
+    for start in range(0, len(rows), policy.batch_size):
+        batch = rows[start:start + policy.batch_size]
+        out += _generate_batch(model, tok, [encoded[i] for i, _ in batch], batch, policy, pad_id, device)
+    out.sort(key=lambda r: (r["prompt_index"], r["sample_index"]))
+    for r in out:
+        r["prompt"] = prompts[r["prompt_index"]]
+    return out
+
+
+def _generate_batch(model, tok, ids: list[list[int]], rows, policy, pad_id, device) -> list[dict]:
+    from transformers import DynamicCache
+
+    width = max(len(x) for x in ids)
+    input_ids = torch.full((len(ids), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(ids), width), dtype=torch.long)
+    for r, x in enumerate(ids):  # left padding: every row's last prompt token sits at the same position
+        input_ids[r, width - len(x):] = torch.tensor(x)
+        mask[r, width - len(x):] = 1
+    input_ids, mask = input_ids.to(device), mask.to(device)
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)  # (B, T): real tokens count from 0
+    gens = [_row_generator(policy.seed, i, s) for i, s in rows]
+    # transformers renamed `past_key_values` to `cache` within 5.x; pass whichever this version takes.
+    cache_arg = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+    cache = DynamicCache()
+    new = torch.empty((len(ids), 0), dtype=torch.long, device=device)
+    done = torch.zeros(len(ids), dtype=torch.bool, device=device)
+    step_ids, step_pos = input_ids, positions
+    for _ in range(policy.max_new_tokens):
+        logits = model(input_ids=step_ids, attention_mask=mask, position_ids=step_pos,
+                       use_cache=True, **{cache_arg: cache}).logits[:, -1]  # (B, V)
+        token = _pick(logits.cpu(), policy, gens).to(device)
+        token = torch.where(done, torch.full_like(token, pad_id), token)
+        new = torch.cat([new, token[:, None]], dim=1)
+        done |= token == tok.eos_token_id
+        if bool(done.all()):
+            break
+        step_ids = token[:, None]
+        step_pos = step_pos[:, -1:] + 1
+        mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)  # finished rows: output ignored
+    records = []
+    for r, (i, s) in enumerate(rows):
+        toks = new[r].tolist()
+        finished = tok.eos_token_id in toks
+        if finished:
+            toks = toks[: toks.index(tok.eos_token_id)]
+        records.append({
+            "prompt_index": i, "sample_index": s,
+            "response": tok.decode(toks, skip_special_tokens=True),
+            "new_tokens": len(toks) + int(finished), "finished": finished,
+        })
+    return records
+
+
+@dataclass(frozen=True)
+class Config:
+    model: str = ""  # model folder, run directory or hub id
+    prompts: str = ""  # JSONL/JSON records with a prompt field
+    prompt_field: str = "prompt"
+    policy: DecodingPolicy = field(default_factory=DecodingPolicy)
+    trust_remote_code: bool = False
+
+
+def generate_stage(cfg: Config, runs_root: Path):
+    """Run (or reuse) the generate stage: `samples.jsonl` plus the policy in `policy.json`."""
+    from elasticity.data.records import Fields, load_records, write_jsonl
+    from elasticity.models.hf import load_causal_lm, resolve_model_source
+    from elasticity.runs import run_stage
+
+    if not cfg.model or not cfg.prompts:
+        raise UserError("generate needs --model and --prompts")
+    cfg.policy.check()
+    resolve_model_source(cfg.model)
+    prompts = [r["prompt"] for r in load_records(cfg.prompts, ("prompt",), Fields(prompt=cfg.prompt_field))]
+
+    def work(run) -> None:
+        model, tok = load_causal_lm(cfg.model, cfg.trust_remote_code)
+        samples = generate(model, tok, prompts, cfg.policy)
+        write_jsonl(run.file("samples.jsonl"), samples)
+        run.write_json("policy.json", asdict(cfg.policy))
+
+    return run_stage(runs_root, "generate", cfg, {"model": cfg.model, "prompts": cfg.prompts}, work,
+                     seed=cfg.policy.seed)
+
+
+def run(cfg: Config, runs_root: Path) -> None:
+    result = generate_stage(cfg, runs_root)
+    print(result.file("samples.jsonl"))

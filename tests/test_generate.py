@@ -1,0 +1,60 @@
+"""Generation: batch-invariant sampling, greedy equal to transformers' generate, the recorded policy."""
+
+from __future__ import annotations
+
+import json
+
+import torch
+
+from elasticity.cli import main
+from elasticity.generate import DecodingPolicy, generate
+from elasticity.models.hf import load_tokenizer
+from elasticity.models.tiny import build_tiny_model
+
+PROMPTS = ["the movie", "i liked the plot and", "bad", "the actor was very good but the scene"]
+
+
+def _model(tiny_assets):
+    tok = load_tokenizer(str(tiny_assets["tok"]))
+    model = build_tiny_model("0.2m", len(tok), 128, seed=3)
+    with torch.no_grad():  # sharpen the random model so that sampled texts differ clearly
+        model.lm_head.weight.mul_(4.0)
+    return model.eval(), tok
+
+
+def test_samples_do_not_depend_on_batching(tiny_assets):
+    model, tok = _model(tiny_assets)
+    policy = DecodingPolicy(temperature=0.8, top_p=0.9, max_new_tokens=12, samples_per_prompt=3, seed=7)
+    one = generate(model, tok, PROMPTS, DecodingPolicy(**{**policy.__dict__, "batch_size": 1}))
+    many = generate(model, tok, PROMPTS, DecodingPolicy(**{**policy.__dict__, "batch_size": 12}))
+    assert [r["response"] for r in one] == [r["response"] for r in many]
+    assert len(one) == 12 and {r["sample_index"] for r in one} == {0, 1, 2}
+    assert len({r["response"] for r in one if r["prompt_index"] == 0}) > 1  # samples differ per seed
+    other_seed = generate(model, tok, PROMPTS, DecodingPolicy(**{**policy.__dict__, "seed": 8}))
+    assert [r["response"] for r in other_seed] != [r["response"] for r in one]
+
+
+def test_greedy_equals_transformers_generate(tiny_assets):
+    model, tok = _model(tiny_assets)
+    ours = generate(model, tok, PROMPTS, DecodingPolicy(temperature=0, max_new_tokens=10, batch_size=4))
+    for r in ours:
+        ids = tok(r["prompt"], return_tensors="pt")["input_ids"]
+        ref = model.generate(ids, do_sample=False, max_new_tokens=10, pad_token_id=tok.pad_token_id,
+                             eos_token_id=tok.eos_token_id)
+        assert r["response"] == tok.decode(ref[0, ids.shape[1]:], skip_special_tokens=True)
+
+
+def test_generate_command_records_policy(tiny_assets, tmp_path):
+    model, tok = _model(tiny_assets)
+    model.save_pretrained(tmp_path / "m")
+    tok.save_pretrained(tmp_path / "m")
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in PROMPTS))
+    args = ["generate", "--runs-dir", str(tmp_path / "runs"), "--model", str(tmp_path / "m"), "--prompts",
+            str(prompts), "--policy.max_new_tokens", "5", "--policy.samples_per_prompt", "2"]
+    assert main(args) == 0
+    (run,) = (tmp_path / "runs").iterdir()
+    samples = [json.loads(x) for x in (run / "samples.jsonl").read_text().splitlines()]
+    assert len(samples) == 8 and all(s["new_tokens"] <= 5 for s in samples)
+    assert json.loads((run / "policy.json").read_text())["samples_per_prompt"] == 2
+    assert main(args[:-2] + ["--policy.top_p", "1.5"]) == 2
