@@ -1,0 +1,63 @@
+"""Configs: typed, frozen, unknown keys and wrong types named; every YAML preset loads."""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+from pathlib import Path
+
+import pytest
+
+from elasticity.cli import COMMANDS, main
+from elasticity.config import config_hash, from_dict, load_config, read_yaml
+from elasticity.errors import UserError
+from elasticity.train.command import Config as TrainCommandConfig
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+
+
+def test_unknown_keys_and_wrong_types_are_named():
+    with pytest.raises(UserError, match="unknown config key 'train.lrr'"):
+        from_dict(TrainCommandConfig, {"train": {"lrr": 1}})
+    with pytest.raises(UserError, match="'train.lr' must be a number"):
+        from_dict(TrainCommandConfig, {"train": {"lr": "fast"}})
+    with pytest.raises(UserError, match=r"'train.betas' must have 2 items"):
+        from_dict(TrainCommandConfig, {"train": {"betas": [0.9]}})
+    with pytest.raises(UserError, match="'train.batch_size' must be an integer"):
+        from_dict(TrainCommandConfig, {"train": {"batch_size": 1.5}})
+
+
+def test_flags_override_file_and_configs_are_frozen(tmp_path):
+    f = tmp_path / "c.yaml"
+    f.write_text("data: a.jsonl\ntrain:\n  lr: 0.001\n  betas: [0.8, 0.9]\n")
+    cfg = load_config(TrainCommandConfig, f, {"train.lr": 0.5})
+    assert cfg.train.lr == 0.5 and cfg.train.betas == (0.8, 0.9) and cfg.data == "a.jsonl"
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cfg.data = "b"  # type: ignore[misc]
+    assert config_hash(cfg) == config_hash(load_config(TrainCommandConfig, f, {"train.lr": 0.5}))
+    assert config_hash(cfg) != config_hash(load_config(TrainCommandConfig, f))
+
+
+def test_config_file_errors_exit_2(tmp_path, capsys):
+    f = tmp_path / "c.yaml"
+    f.write_text("trainn: {}\n")
+    assert main(["train", "--config", str(f)]) == 2
+    assert "unknown config key 'trainn'" in capsys.readouterr().err
+    assert main(["train", "--config", str(tmp_path / "none.yaml")]) == 2
+
+
+@pytest.mark.parametrize("preset", sorted(CONFIGS.glob("*.yaml")), ids=lambda p: p.name)
+def test_every_preset_loads(preset):
+    """Each preset names its command in its first line: `# command: NAME`."""
+    first = preset.read_text().splitlines()[0]
+    assert first.startswith("# command:"), f"{preset.name} must start with '# command: NAME'"
+    command = first.split(":", 1)[1].strip()
+    module = importlib.import_module(COMMANDS[command][0])
+    load_config(module.Config, preset)
+    assert read_yaml(preset) is not None
+
+
+@pytest.mark.parametrize("command", sorted(COMMANDS))
+def test_every_subcommand_has_help(command, capsys):
+    assert main([command, "--help"]) == 0
+    assert "--config" in capsys.readouterr().out
