@@ -145,6 +145,7 @@ def test_review_openings_carry_no_sentiment(world, oracle):
         assert s.kind == "prefix" and s.posterior == pytest.approx(world.positive_share_of_reviews, abs=1e-12)
 
 
+@pytest.mark.slow
 def test_oracle_is_calibrated_on_mixture_prefixes(world):
     # Cut each mixture document after k ~ U{0..40} tokens, k drawn independently of the document: the exact
     # posterior given what is left must match the frequency of positive documents among texts scored alike.
@@ -154,9 +155,11 @@ def test_oracle_is_calibrated_on_mixture_prefixes(world):
         c, s = world.sample_mixture(rng)
         k = rng.randint(0, 40)
         text = render(s.tokens[:k])
-        lls = log_likelihoods(world, text, prefix=k < len(s.tokens))  # k >= len: the whole document is seen
+        # k tokens seen: "the document starts with them"; fewer: the whole document is seen
+        lls = log_likelihoods(world, text, prefix=k <= len(s.tokens))
         pairs.append((posterior_from(lls, world.weights), c == "positive"))
     assert len({round(p, 6) for p, _ in pairs}) > 5  # prefixes give more than 0, 1 and the prior
+    assert sum(abs(p - 0.4) < 1e-9 for p, _ in pairs) > 200  # review openings: exactly w_pos / (w_pos + w_neg)
     for lo, hi in ((0.0, 0.01), (0.01, 0.3), (0.3, 0.5), (0.5, 0.99), (0.99, 1.01)):
         group = [(p, y) for p, y in pairs if lo <= p < hi]
         if len(group) < 30:

@@ -74,6 +74,7 @@ class Grammar:
         self._order = self._topological()
         self._cum = {a: list(accumulate(p for p, _ in alts)) for a, alts in self.rules.items()}
         self._logp = {a: [math.log(p) for p, _ in alts] for a, alts in self.rules.items()}
+        self._marked = {a: [tuple((s, is_nt(s)) for s in rhs) for _, rhs in alts] for a, alts in self.rules.items()}
         self._nullable = self._compute_nullable()
         self._first = self._compute_first()
 
@@ -183,9 +184,9 @@ class Grammar:
             cum = self._cum[a]
             k = min(bisect_right(cum, rng.random() * cum[-1]), len(cum) - 1)
             logp += self._logp[a][k]
-            for s in self.rules[a][k][1]:
+            for s, nonterminal in self._marked[a][k]:
                 start = len(tokens)
-                if is_nt(s):
+                if nonterminal:
                     expand(s, depth + 1)
                 else:
                     tokens.append(s)
