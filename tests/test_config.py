@@ -48,10 +48,9 @@ def test_config_file_errors_exit_2(tmp_path, capsys):
 
 @pytest.mark.parametrize("preset", sorted(CONFIGS.glob("*.yaml")), ids=lambda p: p.name)
 def test_every_preset_loads(preset):
-    """Each preset names its command in its first line: `# command: NAME`."""
-    first = preset.read_text().splitlines()[0]
-    assert first.startswith("# command:"), f"{preset.name} must start with '# command: NAME'"
-    command = first.split(":", 1)[1].strip()
+    """A preset's file name starts with its command: `world-small.yaml` is a config of `elasticity world`."""
+    command = preset.stem.split("-")[0]
+    assert command in COMMANDS, f"{preset.name} must be named after its command ({', '.join(COMMANDS)})"
     module = importlib.import_module(COMMANDS[command][0])
     load_config(module.Config, preset)
     assert read_yaml(preset) is not None

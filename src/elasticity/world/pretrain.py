@@ -1,0 +1,186 @@
+"""`elasticity pretrain`: pre-train tiny models on the embedded world, cached, and report how well they learned it.
+
+For each size preset the model is trained from scratch on the world's corpus with the one training loop
+(a `train` run directory, reused when it exists), with checkpoints at several pre-training token counts
+(the paper's pre-training-volume axis). The learning rate is constant after a short warm-up, so the
+checkpoint at N tokens *is* a model pre-trained on N tokens, not a snapshot of a longer cosine schedule.
+
+The report (a `pretrain-report` run) holds, per model and checkpoint, held-out bits/token on every
+component beside the component's true entropy rate (the gap is what the model has not learned), and for the
+largest-volume model of the first size: oracle-scored samples from the held-out review openings (the positive
+rate against the rate the mixture implies) and the sentiment consistency of its reviews.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from elasticity.errors import UserError
+from elasticity.generate import DecodingPolicy
+from elasticity.models.spec import ModelConfig
+from elasticity.models.tiny import SIZES
+from elasticity.runs import Run, run_stage
+from elasticity.train.loop import TrainConfig
+from elasticity.world.command import Config as WorldConfig
+from elasticity.world.command import build_world
+from elasticity.world.world import CARD_FILE, COMPONENTS
+
+PRETRAIN = TrainConfig(
+    lr=2e-3, schedule="constant", warmup_steps=50, batch_size=32, max_length=128, weight_decay=0.0,
+    max_grad_norm=1.0, seed=0, log_every=10,
+)
+
+
+@dataclass(frozen=True)
+class Config:
+    world: WorldConfig = field(default_factory=WorldConfig)
+    sizes: tuple[str, ...] = ("1m",)  # model size presets; the first is the default model
+    tokens: int = 0  # training tokens per model; 0 = the whole corpus once
+    checkpoint_tokens: tuple[int, ...] = (250_000, 500_000, 1_000_000, 2_000_000)
+    train: TrainConfig = field(default_factory=lambda: PRETRAIN)
+    heldout_docs: int = 300  # documents per component scored for the table
+    samples: DecodingPolicy = field(default_factory=lambda: DecodingPolicy(temperature=1.0, max_new_tokens=160))
+
+
+def _check(cfg: Config) -> None:
+    for size in cfg.sizes:
+        if size not in SIZES:
+            raise UserError(f"unknown model size preset '{size}' (choose from {', '.join(SIZES)})")
+    if not cfg.sizes:
+        raise UserError("sizes must name at least one model size preset")
+    per_step = cfg.train.batch_size * cfg.train.grad_accum * cfg.train.max_length
+    budget = cfg.tokens or cfg.world.sizes.pretrain_tokens
+    if budget < per_step:
+        raise UserError(f"a token budget of {budget} is smaller than one batch ({per_step} tokens = batch_size "
+                        f"x grad_accum x max_length); raise tokens or lower the batch")
+
+
+def pretrain_model(cfg: Config, size: str, runs_root: Path, world: Run | None = None) -> tuple[Run, Run]:
+    """Build (or reuse) the world and pre-train (or reuse) one model of `size`; returns (world, train) runs."""
+    from elasticity.train.command import Config as TrainCommand
+    from elasticity.train.command import train_stage
+
+    _check(cfg)
+    world = world or build_world(cfg.world, runs_root)
+    per_step = cfg.train.batch_size * cfg.train.grad_accum * cfg.train.max_length
+    max_steps = cfg.tokens // per_step if cfg.tokens else None
+    train_cfg = TrainCommand(
+        model=ModelConfig(size=size, tokenizer=str(world.file("tokenizer")), init_seed=cfg.train.seed),
+        data=str(world.file("pretrain.jsonl")),
+        kind="text",
+        pack=True,
+        train=TrainConfig(**{**cfg.train.__dict__, "max_steps": max_steps,
+                             "checkpoint_tokens": tuple(t for t in cfg.checkpoint_tokens)}),
+    )
+    print(f"[pretrain] {size} model on {world.path.name}", file=sys.stderr)
+    return world, train_stage(train_cfg, runs_root)
+
+
+def _models(train: Run) -> list[tuple[str, int, Path]]:
+    """(name, tokens seen, folder) for every checkpoint and the final model, by tokens."""
+    out = []
+    for folder in [*sorted(train.file("checkpoints").glob("*")), train.file("model")]:
+        if (folder / "progress.json").exists():
+            tokens = json.loads((folder / "progress.json").read_text())["tokens"]
+            out.append((folder.name, tokens, folder))
+    return sorted(out, key=lambda m: m[1])
+
+
+def _heldout(world: Run, component: str, n: int) -> list[str]:
+    lines = world.file(f"heldout_{component}.jsonl").read_text().splitlines()[:n]
+    return [json.loads(line)["text"] for line in lines]
+
+
+def evaluate_model(folder: Path, world: Run, n_docs: int) -> dict:
+    """Held-out bits/token of one model on every component, beside the true entropy rate."""
+    from elasticity.likelihood import rolling_nll
+    from elasticity.models.hf import load_causal_lm
+
+    card = json.loads(world.file(CARD_FILE).read_text())
+    model, tok = load_causal_lm(str(folder))
+    row = {}
+    for c in COMPONENTS:
+        totals = rolling_nll(model, tok, _heldout(world, c, n_docs), batch_size=32)
+        true = card["components"][c]["entropy"]
+        row[c] = {"bits_per_token": totals.bits_per_token, "true_bits_per_token": true["bits_per_token"],
+                  "true_se": true["bits_per_token_se"], "gap": totals.bits_per_token - true["bits_per_token"]}
+    return row
+
+
+def sample_report(folder: Path, world: Run, policy: DecodingPolicy) -> tuple[dict, list[dict]]:
+    """Oracle-scored samples from the held-out review openings: positive rate and sentiment consistency."""
+    from elasticity.generate import generate
+    from elasticity.models.hf import load_causal_lm
+    from elasticity.world.consistency import consistency_report
+    from elasticity.world.oracle import load_oracle
+
+    card = json.loads(world.file(CARD_FILE).read_text())
+    prompts = [json.loads(x)["prompt"] for x in world.file("eval_prompts.jsonl").read_text().splitlines()]
+    model, tok = load_causal_lm(str(folder))
+    samples = generate(model, tok, prompts, policy)
+    oracle = load_oracle(world.path)
+    texts = [s["prompt"] + s["response"] for s in samples]
+    scores = oracle.score_detailed(texts)
+    for s, sc in zip(samples, scores):
+        s["p_positive"], s["oracle_reading"] = sc.posterior, sc.kind
+    n = len(scores)
+    mean = sum(sc.posterior for sc in scores) / n
+    se = math.sqrt(sum((sc.posterior - mean) ** 2 for sc in scores) / (n - 1) / n) if n > 1 else float("nan")
+    report = {
+        "samples": n,
+        "positive_rate": mean,
+        "positive_rate_se": se,
+        "positive_rate_implied_by_mixture": card["positive_share_of_reviews"],
+        "exact_share": sum(sc.kind != "fallback" for sc in scores) / n,
+        "finished_share": sum(s["finished"] for s in samples) / n,
+        "consistency": consistency_report(texts),
+    }
+    return report, samples
+
+
+def _table(rows: list[dict]) -> str:
+    head = "| size | checkpoint | tokens | " + " | ".join(f"{c} bits/token (true)" for c in COMPONENTS) + " |"
+    lines = [head, "|" + "---|" * (3 + len(COMPONENTS))]
+    for r in rows:
+        cells = [f"{r[c]['bits_per_token']:.3f} ({r[c]['true_bits_per_token']:.3f})" for c in COMPONENTS]
+        lines.append(f"| {r['size']} | {r['checkpoint']} | {r['tokens']:,} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def report_stage(cfg: Config, runs_root: Path) -> Run:
+    """Pre-train every size (cached), then write the held-out table and the sample report."""
+    _check(cfg)
+    world = build_world(cfg.world, runs_root)
+    trains = {size: pretrain_model(cfg, size, runs_root, world)[1] for size in cfg.sizes}
+
+    def work(run: Run) -> None:
+        rows = []
+        for size, train in trains.items():
+            for name, tokens, folder in _models(train):
+                print(f"[pretrain] scoring {size} {name}", file=sys.stderr)
+                rows.append({"size": size, "checkpoint": name, "tokens": tokens,
+                             **evaluate_model(folder, world, cfg.heldout_docs)})
+        run.write_json("table.json", rows)
+        run.write_text("table.md", _table(rows))
+        report, samples = sample_report(trains[cfg.sizes[0]].file("model"), world, cfg.samples)
+        from elasticity.data.records import write_jsonl
+
+        write_jsonl(run.file("samples.jsonl"), samples)
+        run.write_json("samples_report.json", {"model": str(trains[cfg.sizes[0]].path), **report})
+
+    inputs = {"world": world, **{f"model:{s}": t for s, t in trains.items()}}
+    return run_stage(runs_root, "pretrain-report", cfg, inputs, work, seed=cfg.train.seed)
+
+
+def run(cfg: Config, runs_root: Path) -> None:
+    report = report_stage(cfg, runs_root)
+    print(report.file("table.md").read_text(), file=sys.stderr)
+    s = json.loads(report.file("samples_report.json").read_text())
+    print(f"[pretrain] samples: positive rate {s['positive_rate']:.3f} +- {s['positive_rate_se']:.3f} "
+          f"(mixture implies {s['positive_rate_implied_by_mixture']:.3f}); sentiment consistent in "
+          f"{s['consistency']['consistent']}/{s['consistency']['judged']} reviews", file=sys.stderr)
+    print(report.path)
