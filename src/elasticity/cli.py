@@ -25,6 +25,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "theory": ("elasticity.theory.command", "the elasticity theorem checked numerically on token trees"),
     "world": ("elasticity.world.command", "build the embedded world's datasets and world card"),
     "pretrain": ("elasticity.world.pretrain", "pre-train tiny models on the embedded world (cached)"),
+    "rebound": ("elasticity.experiments.rebound", "align with Q1 positives, fine-tune on Q2 negatives, measure the fall"),
+    "demo": ("elasticity.experiments.demo", "the main job on the embedded world: every experiment, one report"),
 }
 
 DEFAULT_RUNS = "runs"

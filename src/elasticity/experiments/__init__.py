@@ -1,0 +1,1 @@
+"""Experiments: short functions that compose stages and write tidy results tables."""
