@@ -11,6 +11,9 @@ from pathlib import Path
 from elasticity.errors import UserError
 
 
+ADAPTER = "adapter_config.json"  # a LoRA run saves its adapter; loading merges it into the base model
+
+
 def _looks_local(source: str) -> bool:
     return source.startswith((".", "/", "~")) or source.count("/") > 1 or Path(source).exists()
 
@@ -19,9 +22,10 @@ def resolve_model_source(source: str, need: str = "config.json") -> str:
     """Check a model path or hub id and return it; a run directory resolves to its `model/` folder."""
     path = Path(source).expanduser()
     if path.is_dir():
-        if (path / "model" / "config.json").exists():  # a training run directory of ours
-            return str(path / "model")
-        if not (path / need).exists():
+        model_dir = path / "model"
+        if (model_dir / "config.json").exists() or (model_dir / ADAPTER).exists():  # a training run of ours
+            return str(model_dir)
+        if not (path / need).exists() and not (need == "config.json" and (path / ADAPTER).exists()):
             raise UserError(f"folder {path} has no {need} (is it a Hugging Face model or tokenizer directory?)")
         return str(path)
     if _looks_local(source):
@@ -50,13 +54,15 @@ def load_causal_lm(source: str, trust_remote_code: bool = False, dtype: str | No
     source = resolve_model_source(source)
     local = Path(source).is_dir()
     use_safetensors = True if local and any(Path(source).glob("*.safetensors")) else None
+    kwargs = {"trust_remote_code": trust_remote_code, "use_safetensors": use_safetensors,
+              "dtype": getattr(torch, dtype) if dtype else torch.float32}
     try:
-        model = AutoModelForCausalLM.from_pretrained(
-            source,
-            trust_remote_code=trust_remote_code,
-            use_safetensors=use_safetensors,
-            dtype=getattr(torch, dtype) if dtype else torch.float32,
-        )
+        if local and (Path(source) / ADAPTER).exists():
+            from peft import AutoPeftModelForCausalLM
+
+            model = AutoPeftModelForCausalLM.from_pretrained(source, **kwargs).merge_and_unload()
+        else:
+            model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
     except (OSError, ValueError) as e:
         raise UserError(f"cannot load a causal LM from '{source}': {str(e).splitlines()[0]}") from None
     model.eval()
