@@ -1,0 +1,285 @@
+"""Rebound: nested runs equal separate ones, hand-checked elasticity metrics, resume, bad input."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import random
+import re
+
+import pytest
+
+from elasticity.experiments import elasticity_metrics as em
+from elasticity.experiments.measurement import clustered_mean_se
+from elasticity.experiments.rebound import Config, Evaluation, Metrics, rebound_stage
+from elasticity.generate import DecodingPolicy
+from elasticity.scorers import ScorerConfig
+from elasticity.train.loop import TrainConfig
+
+GOOD = "good great wonderful liked loved excellent".split()
+BAD = "bad awful terrible hated boring weak".split()
+FILLER = "the movie was plot actor scene film it and very".split()
+
+
+def _pairs(words: list[str], n: int, seed: int) -> list[dict]:
+    rng = random.Random(seed)
+    out = []
+    for _ in range(n):
+        prompt = " ".join(rng.choice(FILLER) for _ in range(3))
+        body = [rng.choice(words if rng.random() < 0.5 else FILLER) for _ in range(rng.randint(4, 10))]
+        out.append({"prompt": prompt, "response": " " + " ".join(body)})
+    return out
+
+
+def _jsonl(path, records):
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    return str(path)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny models gain nothing from intra-op threads, and on the shared 2-core machine two spinning threads
+    per process made these runs 2-3x slower; restored afterwards for the other tests."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def setup(tiny_assets, tmp_path_factory):
+    """A 0.2m base model saved locally, positive / negative / prompt / held-out files, a small config."""
+    from elasticity.models.hf import load_tokenizer
+    from elasticity.models.tiny import build_tiny_model
+
+    root = tmp_path_factory.mktemp("rebound")
+    tok = load_tokenizer(str(tiny_assets["tok"]))
+    model = build_tiny_model("0.2m", len(tok), 64, seed=0)
+    model.save_pretrained(root / "base")
+    tok.save_pretrained(root / "base")
+    cfg = Config(
+        model=str(root / "base"),
+        positive=_jsonl(root / "pos.jsonl", _pairs(GOOD, 30, 1)),
+        negative=_jsonl(root / "neg.jsonl", _pairs(BAD, 22, 2)),
+        prompts=_jsonl(root / "prompts.jsonl", [{"prompt": p["prompt"]} for p in _pairs(FILLER, 4, 3)]),
+        heldout=(str(tiny_assets["text"]),),
+        scorer=ScorerConfig(name="vader"),
+        q1=(8, 20), q2=(0, 6, 12), seeds=(0, 1),
+        train=TrainConfig(lr=3e-3, batch_size=8, max_length=64, log_every=1),
+        policy=DecodingPolicy(temperature=1.0, max_new_tokens=8, samples_per_prompt=2),
+        eval=Evaluation(prompts=4, pairs=6, docs=8),
+        metrics=Metrics(early_q2=6, late_q2=6),
+    )
+    return cfg, root
+
+
+@pytest.fixture(scope="module")
+def full(setup):
+    """The whole small experiment, uninterrupted."""
+    cfg, root = setup
+    return cfg, rebound_stage(cfg, root / "runs")
+
+
+# ---- metrics on hand-made curves -------------------------------------------------------------------------
+
+
+def test_slopes_ratio_and_log_odds_by_hand():
+    x, y = (0, 10, 50, 100), (0.9, 0.6, 0.45, 0.4)
+    shape = em.curve_shape(x, y, early=10, late=50)
+    assert shape["initial_slope"] == pytest.approx((0.6 - 0.9) / 10)  # -0.03
+    assert shape["late_slope"] == pytest.approx((0.4 - 0.45) / 50)  # -0.001
+    assert shape["slope_ratio"] == pytest.approx(30.0)
+    lo = em.log_odds(list(y))
+    assert lo[0] == pytest.approx(math.log(9)) and lo[3] == pytest.approx(math.log(0.4 / 0.6))
+    # in log-odds the same curve's initial slope is (ln 1.5 - ln 9) / 10
+    assert em.curve_shape(x, lo, 10, 50)["initial_slope"] == pytest.approx((math.log(1.5) - math.log(9)) / 10)
+    assert em.log_odds(1.0) == pytest.approx(math.log((1 - 1e-4) / 1e-4))  # clipped, finite
+    with pytest.raises(ValueError):
+        em.secant_slope(x, y, 0, 20)  # 20 is not a grid point
+
+
+def test_samples_to_revert_interpolates_and_reports_not_reached():
+    x, y = (0, 10, 50), (0.9, 0.6, 0.4)
+    assert em.samples_to_revert(x, y, 0.5) == pytest.approx(30.0)  # 10 + 0.1 / 0.2 * 40
+    assert em.samples_to_revert(x, y, 0.6) == pytest.approx(10.0)  # reached exactly at a grid point
+    assert em.samples_to_revert(x, y, 0.95) == 0.0  # the aligned model is already there
+    assert em.samples_to_revert(x, y, 0.3) is None  # not reached within the grid
+    kl = (0.2, 0.05, 0.008, 0.02)  # KL to base dips below epsilon, then rises again: the first crossing counts
+    assert em.samples_to_revert((0, 10, 50, 100), kl, 0.01) == pytest.approx(10 + 0.04 / 0.042 * 40)
+
+
+def test_intervals_trend_and_clustered_se_by_hand():
+    i = em.t_interval([1.0, 2.0, 3.0])
+    assert (i.mean, i.n) == (2.0, 3)
+    assert i.lo == pytest.approx(2 - 4.303 / math.sqrt(3)) and i.hi == pytest.approx(2 + 4.303 / math.sqrt(3))
+    missing = em.t_interval([10.0, None, 14.0])  # a seed that never reverted is left out and counted
+    assert (missing.mean, missing.n, missing.n_total, missing.complete) == (12.0, 2, 3, False)
+    assert missing.hi - missing.mean == pytest.approx(12.706 * math.sqrt(8) / math.sqrt(2))
+    assert em.trend((100, 1000, 10000), (-0.01, -0.02, -0.03)) == pytest.approx(-0.01)
+    assert math.isnan(em.trend((100, 1000), (None, -0.02)))
+    assert clustered_mean_se([1, 0, 1, 1], [0, 0, 1, 1]) == pytest.approx((0.75, 0.25))
+
+
+def test_analysis_on_hand_made_rows():
+    """Two Q1 curves x two seeds, with known crossings and slopes; the larger Q1 falls faster in log-odds
+    but needs more negatives in probability space (the prototype's flip)."""
+    from elasticity.experiments.rebound_analysis import analyse, verdict
+
+    base = {"q1": 0, "seed": None, "q2": 0, "score": 0.4, "log_odds": em.log_odds(0.4), "kl_response": 0.0}
+    curves = {100: (0.8, 0.5, 0.3), 1000: (0.99, 0.6, 0.35)}  # score at Q2 = 0, 10, 50
+    rows = [base]
+    for q1, ys in curves.items():
+        for seed, shift in ((0, 0.0), (1, 0.005)):
+            for q2, y, kl in zip((0, 10, 50), ys, (0.1, 0.02, 0.005)):
+                s = y - shift
+                rows.append({"q1": q1, "seed": seed, "q2": q2, "score": s, "log_odds": em.log_odds(s),
+                             "kl_response": kl})
+    m = {(r["group"], r["view"], r["metric"].split(" ")[0], r["q1"]): r
+         for r in analyse(rows, (100, 1000), (0, 1), early=10, late=10, kl_epsilon=0.01)}
+    rev = m[("revert", "score", "samples_to_revert", 100)]
+    assert rev["per_seed"][0] == pytest.approx(10 + (0.5 - 0.4) / 0.2 * 40)  # 30
+    assert rev["per_seed"][1] == pytest.approx(10 + (0.495 - 0.4) / 0.2 * 40)  # 29
+    assert m[("revert", "kl_response", "samples_to_revert", 100)]["per_seed"][0] == pytest.approx(10 + 0.01 / 0.015 * 40)
+    assert m[("shape", "score", "initial_slope", 1000)]["mean"] == pytest.approx(-0.039)
+    assert m[("shape", "score", "slope_ratio", 100)]["per_seed"][0] == pytest.approx(-0.03 / -0.005)
+    # per decade of Q1 (one decade here): probability space slower start ... log-odds space faster
+    t_score = m[("trend", "score", "initial_slope", "all")]
+    t_lo = m[("trend", "log_odds", "initial_slope", "all")]
+    assert t_score["per_seed"][0] == pytest.approx(-0.039 - -0.03)
+    slope = lambda a, b: (em.log_odds(b) - em.log_odds(a)) / 10
+    assert t_lo["per_seed"][0] == pytest.approx(slope(0.99, 0.6) - slope(0.8, 0.5))
+    assert t_lo["hi"] < 0 and verdict(t_lo) == "falls faster with more alignment"
+    t_rev = m[("trend", "score", "samples_to_revert", "all")]
+    assert t_rev["lo"] > 0 and verdict(t_rev) == "more negatives needed with more alignment"
+    depth = m[("depth", "score", "score_gain", 1000)]
+    assert depth["mean"] == pytest.approx(0.99 - 0.0025 - 0.4)
+
+
+# ---- the experiment's own code path -----------------------------------------------------------------------
+
+MEASURED = ("tokens", "steps", "train_loss", "score", "score_se", "kl_response", "bpt_positive", "bpt_negative",
+            "bpt_text", "kl_text")
+
+
+def _rows(run):
+    return [json.loads(line) for line in run.file("results.jsonl").read_text().splitlines()]
+
+
+def _point(rows, q1, seed, q2):
+    return next(r for r in rows if (r["q1"], r["seed"], r["q2"]) == (q1, seed, q2))
+
+
+@pytest.mark.slow
+def test_nested_snapshot_equals_separate_run(full, setup):
+    """Q2 = 6 after Q1 = 20, inside runs that go on to Q1 = 20 (cut at 8) and Q2 = 12, measures exactly as an
+    experiment whose runs stop at 20 positives and 6 negatives (batch 8: steps 8+8+4 and 6 either way)."""
+    cfg, root = setup
+    _, nested = full
+    separate = rebound_stage(dataclasses.replace(cfg, q1=(20,), q2=(0, 6), seeds=(1,), metrics=Metrics()), root / "separate")
+    a, b = _point(_rows(nested), 20, 1, 6), _point(_rows(separate), 20, 1, 6)
+    assert a["steps"] == 1
+    for key in MEASURED:
+        assert a[key] == b[key], key
+    assert _point(_rows(nested), 20, 1, 0)["kl_response"] > 0  # alignment moved the model: not a vacuous match
+
+
+@pytest.mark.slow
+def test_outputs_and_token_saving(full, setup):
+    """Tidy rows, metric files and figures exist; the saving is recomputed from the data by hand."""
+    from elasticity.data.tokenize import encode_pair
+    from elasticity.data.records import load_records
+    from elasticity.experiments.rebound import seed_order
+    from elasticity.models.hf import load_tokenizer
+
+    cfg, _ = setup
+    _, run = full
+    rows = _rows(run)
+    assert len(rows) == 1 + 2 * 2 * 3 and rows[0]["q1"] == 0 and rows[0]["seed"] is None
+    assert rows[0]["kl_response"] == 0.0 and rows[0]["kl_text"] == 0.0  # the base against itself
+    for name in ("results.csv", "metrics.json", "metrics.csv", "metrics.md", "revert.md", "revert.csv",
+                 "curves.csv", "score.png", "log_odds.png", "kl_response.png", "summary.txt"):
+        assert run.file(name).stat().st_size > 0, name
+    assert len(run.file("results.csv").read_text().splitlines()) == len(rows) + 1
+    tok = load_tokenizer(cfg.model)
+
+    def tokens(path, n_pool, seed, q):
+        pool = load_records(path, ("prompt", "response"))[:n_pool]
+        return sum(len(encode_pair(tok, pool[i]["prompt"], pool[i]["response"], 64).input_ids)
+                   for i in seed_order(len(pool), seed)[:q])
+
+    pos = {(s, q): tokens(cfg.positive, 24, s, q) for s in (0, 1) for q in (8, 20)}
+    neg = {(s, q): tokens(cfg.negative, 16, s, q) for s in (0, 1) for q in (0, 6, 12)}
+    naive = sum(pos[s, q1] + neg[s, q2] for s in (0, 1) for q1 in (8, 20) for q2 in (0, 6, 12))
+    nested = sum(pos[s, 20] + 2 * neg[s, 12] for s in (0, 1))
+    save = json.loads(run.file("savings.json").read_text())
+    assert (save["naive_tokens"], save["nested_tokens"]) == (naive, nested)
+    assert (save["runs_nested"], save["runs_naive"]) == (2 + 4, 2 * 2 * 3)
+    assert _point(rows, 8, 0, 12)["tokens"] == neg[0, 12]
+
+
+@pytest.mark.slow
+def test_interrupted_rebound_resumes_without_redoing_points(full, setup, monkeypatch):
+    from elasticity.experiments.measurement import Evaluator
+
+    cfg, root = setup
+    cfg = dataclasses.replace(cfg, seeds=(0,))  # a seed's runs do not depend on the other seeds
+    measure = Evaluator.measure
+    calls = []
+
+    def crash_on_fifth(self, model, with_samples=False):
+        calls.append(1)
+        if len(calls) == 5:  # base, Q1=8 at Q2 = 0, 6, 12, then Q1=20 at Q2 = 0: crash
+            raise KeyboardInterrupt
+        return measure(self, model, with_samples)
+
+    monkeypatch.setattr(Evaluator, "measure", crash_on_fifth)
+    with pytest.raises(KeyboardInterrupt):
+        rebound_stage(cfg, root / "resume")
+    # no final result from a crashed experiment, and the crashed negative run is not marked finished
+    assert not [p for p in (root / "resume").iterdir() if re.fullmatch(r"rebound-[0-9a-f]{12}", p.name)]
+    assert len(list((root / "resume").glob("rebound-negative-*/DONE"))) == 1
+    redone = []
+
+    def counting(self, model, with_samples=False):
+        redone.append(1)
+        return measure(self, model, with_samples)
+
+    monkeypatch.setattr(Evaluator, "measure", counting)
+    resumed = rebound_stage(cfg, root / "resume")
+    assert len(redone) == 3  # only Q1 = 20's three points; the base and Q1 = 8 are finished
+    _, uninterrupted = full
+    want = [r for r in _rows(uninterrupted) if r["seed"] in (0, None)]
+    got = _rows(resumed)
+    assert len(got) == len(want)
+    for a, b in zip(got, want):
+        for key in MEASURED:
+            assert a[key] == b[key], (a["q1"], a["q2"], key)
+
+
+# ---- bad input --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--q2", "0", "6", "40"], "q2 asks for 40 negative examples"),
+    (["--scorer.name", "sentiment-magic"], "unknown scorer 'sentiment-magic'"),
+    (["--prompts", "/nonexistent/prompts.jsonl"], "data file not found: /nonexistent/prompts.jsonl"),
+    (["--config", "EMPTY_Q1"], "q1 is empty"),
+])
+def test_bad_input_exits_2_and_writes_nothing(setup, tmp_path, capsys, flags, message):
+    from elasticity.cli import main
+
+    cfg, _ = setup
+    if "EMPTY_Q1" in flags:
+        (tmp_path / "bad.yaml").write_text("q1: []\n")
+        flags = ["--config", str(tmp_path / "bad.yaml")]
+    q1 = [] if "--config" in flags else ["--q1", "8"]  # a flag would override the file's empty list
+    args = ["rebound", "--runs-dir", str(tmp_path / "runs"), "--model", cfg.model, "--positive", cfg.positive,
+            "--negative", cfg.negative, "--prompts", cfg.prompts, "--scorer.name", "vader", *q1,
+            "--q2", "0", "6", "--eval.pairs", "6", *flags]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0], err
+    assert not (tmp_path / "runs").exists()
