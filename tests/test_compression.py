@@ -155,6 +155,7 @@ def test_uniform_model_costs_log2_vocab_bits_per_token(tok):
     assert many.tokens == 2 + 6 + 6 + len(text)
     assert many.bits_per_token == pytest.approx(LOG2V, rel=1e-6)
     assert many.bits_per_byte == pytest.approx(LOG2V * many.tokens / many.bytes, rel=1e-6)
+    assert rolling_nll(model, tok, DOCS, max_length=8, bf16=True).bits_per_token == pytest.approx(LOG2V, rel=1e-6)
 
 
 def test_rolling_windows_give_each_token_once_under_an_order1_model(tok):

@@ -193,8 +193,8 @@ def score_sequences(
     with torch.inference_mode(), autocast:
         for batch in _batches(items, batch_size * max_length):
             width = batch[0][0]
-            # windows of equal length need logits only over the longest scored tail; a padded batch holds
-            # only whole short documents (every position scored), so it needs them all
+            # windows of equal length need logits only over the longest scored tail; in a padded batch the
+            # tails end at different positions, so it keeps them all (such windows are short anyway)
             keep = max(w[1] for w in batch) if all(w[0] == width for w in batch) else width
             ids, labels = [], []
             for n_in, n_sc, i, lo, t, end in batch:
@@ -216,7 +216,9 @@ def score_sequences(
                 logp, logq = logits.log_softmax(-1), ref.log_softmax(-1)
                 if direction == "reverse":
                     logp, logq = logq, logp
-                kl = (logp.exp() * (logp - logq)).sum(-1) * (labels_t != IGNORE)  # (B, keep)
+                p = logp.exp()
+                kl = torch.where(p > 0, p * (logp - logq), 0.0).sum(-1)  # 0 log 0 = 0 where a logit is -inf
+                kl = torch.where(labels_t != IGNORE, kl, 0.0)  # (B, keep)
                 kl_parts.append(kl.sum(1, dtype=torch.float64))
             owners.extend(w[2] for w in batch)
     owner = np.asarray(owners, dtype=np.int64)
