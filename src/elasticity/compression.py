@@ -222,7 +222,7 @@ def measure(model, tok, ds: Dataset, max_length: int, batch_size: int, bf16: boo
 
 def _print(results: dict) -> None:
     for name, r in results["datasets"].items():
-        unit = "documents" if r["kind"] == "text" else "responses"
+        unit = ("document" if r["kind"] == "text" else "response") + ("" if r["docs"] == 1 else "s")
         print(f"{name}: {r['bits_per_token']:.4f} bits/token, {r['bits_per_byte']:.4f} bits/byte "
               f"({r['tokens']} tokens, {r['bytes']} bytes, {r['docs']} {unit})")
         if "kl" in r:
