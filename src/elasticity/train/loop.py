@@ -97,6 +97,12 @@ def evaluate(model, examples: list[Example], pad_id: int, batch_size: int = 32, 
     return float(total[0]), int(total[1])
 
 
+def _no_accelerator() -> bool:
+    """True on a CPU-only machine: accelerate then needs cpu=True to set up multi-process (gloo) training."""
+    current = getattr(getattr(torch, "accelerator", None), "current_accelerator", None)
+    return current() is None if current else not torch.cuda.is_available()
+
+
 def _autocast(device: torch.device, bf16: bool):
     return torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else nullcontext()
 
@@ -199,7 +205,7 @@ def train(
 
     if not examples:
         raise UserError("no training examples")
-    accelerator = Accelerator()
+    accelerator = Accelerator(cpu=_no_accelerator())
     world = accelerator.num_processes
     steps = plan(examples, cfg, world)
     if not steps:
