@@ -154,6 +154,8 @@ def test_analysis_on_hand_made_rows():
     assert t_lo["hi"] < 0 and verdict(t_lo) == "falls faster with more alignment"
     t_rev = m[("trend", "score", "samples_to_revert", "all")]
     assert t_rev["lo"] > 0 and verdict(t_rev) == "more negatives needed with more alignment"
+    assert m[("revert", "kl_response", "kl_min", 100)]["mean"] == pytest.approx(0.005)
+    assert m[("revert", "kl_response", "q2_at_kl_min", 100)]["per_seed"] == [50.0, 50.0]
     depth = m[("depth", "score", "score_gain", 1000)]
     assert depth["mean"] == pytest.approx(0.99 - 0.0025 - 0.4)
 

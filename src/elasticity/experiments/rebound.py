@@ -137,7 +137,7 @@ def check(cfg: Config) -> Data:
         raise UserError("rebound's nested runs need train.epochs 1, train.schedule constant and no train.max_steps "
                         "(then the first q examples of a run are a run on q examples)")
     if t.lr <= 0 or t.batch_size < 1 or t.grad_accum < 1:
-        raise UserError(f"train.lr must be > 0 and train.batch_size, train.grad_accum >= 1")
+        raise UserError("train.lr must be > 0 and train.batch_size, train.grad_accum >= 1")
     cfg.policy.check()
     ev = cfg.eval
     if ev.pairs < 1 or ev.docs < 1 or ev.prompts < 0 or ev.batch_size < 1:
@@ -338,6 +338,9 @@ def negative_stage(cfg: Config, data: Data, kit: _Kit, seed: int, q1: int, posit
 def rebound_stage(cfg: Config, runs_root: Path) -> Run:
     """Run (or reuse) the whole experiment; returns the `rebound` run holding results, metrics and figures."""
     data = check(cfg)
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # a "Loading weights" bar per checkpoint would bury the progress lines
     scorer = build_scorer(cfg.scorer)  # a missing scorer model or world fails here, before any run directory
     kit = _Kit(cfg, data, scorer)
     runs_root = Path(runs_root)

@@ -6,7 +6,8 @@ Output: flat metric rows `{group, view, metric, q1, mean, lo, hi, n, n_total, pe
     shape   initial_slope, late_slope, slope_ratio of every view (score, log_odds, kl_response, bits/token ...)
     revert  samples_to_revert: Q2 at which the score first reaches the base model's score (the same Q2 in
             log-odds space: the logit is monotone), and Q2 at which kl_response first falls to kl_epsilon
-            (Table 3's form); "not reached within the grid" is a value (None) and counted (n < n_total)
+            (Table 3's form); "not reached within the grid" is a value (None) and counted (n < n_total);
+            kl_min and q2_at_kl_min: the smallest KL to the base on the grid and the Q2 where it lies
     trend   per seed, the least-squares slope of a Q1 metric against log10(Q1) ("change per tenfold more
             alignment data"): the answer to "does more alignment data revert faster?" in each space
     depth   how far alignment moved the model: the aligned model's (Q2 = 0) change of bits/token on the
@@ -34,6 +35,13 @@ def curve(rows: list[dict], q1: int, seed: int, view: str) -> tuple[list[int], l
     """(Q2 values, the view's values) of one (Q1, seed) curve, sorted by Q2."""
     pts = sorted((r["q2"], r[view]) for r in rows if r["q1"] == q1 and r["seed"] == seed)
     return [p[0] for p in pts], [math.nan if p[1] is None else float(p[1]) for p in pts]
+
+
+def _kl_min(x: list[int], y: list[float]) -> tuple[float, float]:
+    """(Q2, value) of the smallest finite KL on a curve; the first such Q2 if several tie."""
+    pts = [(v, q) for q, v in zip(x, y) if math.isfinite(v)]
+    v, q = min(pts, key=lambda p: (p[0], p[1])) if pts else (math.nan, math.nan)
+    return float(q), float(v)
 
 
 def _row(group: str, view: str, metric: str, q1, per_seed: list) -> dict:
@@ -66,6 +74,11 @@ def analyse(rows: list[dict], q1s: tuple[int, ...], seeds: tuple[int, ...], earl
         for (view, metric), vals in reverts.items():
             out.append(_row("revert", view, metric, q1, vals))
             per_q1.setdefault((view, "samples_to_revert"), []).append(vals)
+        # KL to the base need not fall monotonically (the negative data pulls the model past the base):
+        # its smallest value on the grid and where it lies say how close the rebound came.
+        mins = [_kl_min(*curve(grid, q1, s, "kl_response")) for s in seeds]
+        out.append(_row("revert", "kl_response", "kl_min", q1, [m[1] for m in mins]))
+        out.append(_row("revert", "kl_response", "q2_at_kl_min", q1, [m[0] for m in mins]))
         aligned = [next(r for r in grid if r["q1"] == q1 and r["seed"] == s and r["q2"] == 0) for s in seeds]
         out.append(_row("depth", "score", "score_gain", q1, [a["score"] - base["score"] for a in aligned]))
         for key in [k for k in base if k.startswith("bpt_")]:

@@ -86,7 +86,7 @@ def revert_table(metrics: list[dict], q1s) -> list[dict]:
     for q1 in q1s:
         row = {"q1": q1}
         for r in metrics:
-            if r["group"] == "revert" and r["q1"] == q1:
+            if r["group"] == "revert" and r["q1"] == q1 and r["metric"].startswith("samples_to_revert"):
                 kind = "score" if r["view"] == "score" else "kl"
                 row.update({f"{kind}_metric": r["metric"], f"{kind}_mean": r["mean"], f"{kind}_lo": r["lo"],
                             f"{kind}_hi": r["hi"], f"{kind}_reached": f"{r['n']}/{r['n_total']}",
@@ -104,8 +104,10 @@ def _summary(cfg, rows, metrics, save: dict, run: Run) -> list[str]:
         aligned = [r["score"] for r in rows if r["q1"] == q1 and r["q2"] == 0]
         parts = [f"Q1={q1}: aligned score {sum(aligned) / len(aligned):.3f}"]
         for r in metrics:
-            if r["group"] == "revert" and r["q1"] == q1:
+            if r["group"] == "revert" and r["q1"] == q1 and r["metric"].startswith("samples_to_revert"):
                 parts.append(f"{'to base score' if r['view'] == 'score' else 'KL < eps'} {_fmt(r)}")
+        lo, at = by[("revert", "kl_response", "kl_min", q1)], by[("revert", "kl_response", "q2_at_kl_min", q1)]
+        parts.append(f"smallest KL to base {_fmt(lo)} at Q2 {_fmt(at)}")
         for view in ("score", "log_odds"):
             r = by.get(("shape", view, "initial_slope", q1))
             if r:
@@ -115,10 +117,12 @@ def _summary(cfg, rows, metrics, save: dict, run: Run) -> list[str]:
         if r["group"] == "trend" and r["view"] in FALLING_VIEWS and r["metric"].startswith(
                 ("initial_slope", "samples_to_revert")):
             lines.append(f"  more alignment data, {r['view']} {r['metric']}: {_fmt(r)} -> {verdict(r)}")
-    for r in metrics:
-        if r["group"] == "depth" and r["metric"] in ("delta_bits_per_token", "kl_to_base") and \
-                r["view"] not in ("bpt_positive", "bpt_negative"):
-            lines.append(f"  depth Q1={r['q1']}: {r['view']} {r['metric']} {_fmt(r)}")
+    if cfg.heldout:  # alignment depth on the first held-out pre-training set, one line per Q1
+        name = [k for k in rows[0] if k.startswith("bpt_") and k not in ("bpt_positive", "bpt_negative")][0][4:]
+        for q1 in sorted(cfg.q1):
+            d, kl = by[("depth", f"bpt_{name}", "delta_bits_per_token", q1)], by[("depth", f"kl_{name}", "kl_to_base", q1)]
+            lines.append(f"  depth Q1={q1}: {name} bits/token {rows[0]['bpt_' + name]:.3f} -> change {_fmt(d)}, "
+                         f"KL to base {_fmt(kl)} nats/token")
     lines.append(f"  training tokens: nested {save['nested_tokens']:,} vs naive grid {save['naive_tokens']:,} "
                  f"({save['saving_factor']:.1f}x fewer; {save['runs_nested']} runs instead of {save['runs_naive']})")
     lines.append(f"  results: {run.path}")
@@ -139,8 +143,12 @@ def write_outputs(run: Run, cfg, data, base: Run, positives: dict, negatives: di
     atomic("metrics.md", metrics_markdown(metrics))
     table = revert_table(metrics, data.q1)
     atomic("revert.csv", csv_text(table))
-    md = ["| Q1 | negatives to reach the base score | negatives for KL to base < eps |", "|---|---|---|"]
-    md += [f"| {r['q1']} | {r.get('score_text', '')} | {r.get('kl_text', '')} |" for r in table]
+    kl_min = {r["q1"]: r for r in metrics if r["metric"] == "kl_min"}
+    at_min = {r["q1"]: r for r in metrics if r["metric"] == "q2_at_kl_min"}
+    md = [f"| Q1 | negatives to reach the base score | negatives for KL to base < {cfg.metrics.kl_epsilon:g} | "
+          "smallest KL to base (nats/token) | at Q2 |", "|---|---|---|---|---|"]
+    md += [f"| {r['q1']} | {r.get('score_text', '')} | {r.get('kl_text', '')} | {_fmt(kl_min[r['q1']])} | "
+           f"{_fmt(at_min[r['q1']])} |" for r in table]
     atomic("revert.md", "\n".join(md) + "\n")
     grid = [r for r in rows if r["q1"] != 0]
     bands = []
