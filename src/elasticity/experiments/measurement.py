@@ -33,14 +33,17 @@ from elasticity.experiments.elasticity_metrics import log_odds
 from elasticity.generate import DecodingPolicy, generate
 
 LN2 = math.log(2)
+CACHE_FLOATS = 64 * 2**20  # 256 MB of float32 base log-probabilities at most
 
 
 @torch.inference_mode()
-def nll_and_kl(model, base, examples: list[Example], pad_id: int, batch_size: int = 32) -> tuple[float, float, int]:
+def nll_and_kl(model, base, examples: list[Example], pad_id: int, batch_size: int = 32,
+               cache: dict | None = None) -> tuple[float, float, int]:
     """Summed NLL (nats) of `model` and summed KL(model || base) over the target tokens, and their count.
 
     Example: if `base` is `model` itself the KL is exactly 0 and the NLL is the training loop's
-    `evaluate` total.
+    `evaluate` total. `cache` (a dict kept by the caller for these very examples) keeps the base's
+    log-probabilities, so later calls run one model instead of two.
     """
     device = next(model.parameters()).device
     order = sorted(range(len(examples)), key=lambda i: len(examples[i].input_ids))
@@ -54,7 +57,11 @@ def nll_and_kl(model, base, examples: list[Example], pad_id: int, batch_size: in
         nll = -logp.gather(-1, targets.clamp(min=0)[..., None])[..., 0]  # (B, T-1)
         nats += float((nll * keep).sum(dtype=torch.float64))
         if base is not None:
-            logq = base(input_ids=ids, attention_mask=mask).logits[:, :-1].float().log_softmax(-1)
+            logq = cache.get(start) if cache is not None else None
+            if logq is None:
+                logq = base(input_ids=ids, attention_mask=mask).logits[:, :-1].float().log_softmax(-1)
+                if cache is not None:
+                    cache[start] = logq
             kl += float(((logp.exp() * (logp - logq)).sum(-1) * keep).sum(dtype=torch.float64))
         n += int(keep.sum())
     return nats, kl, n
@@ -108,6 +115,14 @@ class Evaluator:
         self._texts = {k: [encode_text(self.tok, t, self.max_length) for t in v] for k, v in self.texts.items()}
         self.truncated = sum(ex.truncated for v in [*self._pairs.values(), *self._texts.values()] for ex in v)
         self.pad_id = self.tok.pad_token_id if self.tok.pad_token_id is not None else self.tok.eos_token_id
+        # The base's log-probabilities on the fixed sets are the same at every grid point: keep them if they fit
+        # in CACHE_FLOATS (a tiny model's ~10^7 floats), else recompute them (a 7B model's vocabulary would not).
+        positions = sum(len(ex.input_ids) for v in [*self._pairs.values(), *self._texts.values()] for ex in v)
+        vocab = self.base.get_output_embeddings().weight.shape[0] if self.base is not None else 0
+        self._cache = {} if positions * vocab <= CACHE_FLOATS else None
+
+    def _cached(self, name: str) -> dict | None:
+        return None if self._cache is None else self._cache.setdefault(name, {})
 
     def measure(self, model, with_samples: bool = False) -> dict:
         """One record of every measurement for `model` (restored to its train/eval mode afterwards)."""
@@ -130,12 +145,13 @@ class Evaluator:
                "new_tokens": float(np.mean([s["new_tokens"] for s in samples]))}
         kl_nats, kl_tokens = 0.0, 0
         for name, examples in self._pairs.items():
-            nats, kl, n = nll_and_kl(model, self.base, examples, self.pad_id, self.batch_size)
+            nats, kl, n = nll_and_kl(model, self.base, examples, self.pad_id, self.batch_size, self._cached(name))
             rec[f"bpt_{name}"] = nats / n / LN2
             kl_nats, kl_tokens = kl_nats + kl, kl_tokens + n
         rec["kl_response"] = kl_nats / kl_tokens if kl_tokens else math.nan
         for name, examples in self._texts.items():
-            nats, kl, n = nll_and_kl(model, self.base, examples, self.pad_id, self.batch_size)
+            nats, kl, n = nll_and_kl(model, self.base, examples, self.pad_id, self.batch_size,
+                                     self._cached("text:" + name))
             rec[f"bpt_{name}"] = nats / n / LN2
             rec[f"kl_{name}"] = kl / n
         for s, v in zip(samples, scores):

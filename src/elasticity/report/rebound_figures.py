@@ -33,8 +33,9 @@ def curve_bands(rows: list[dict], view: str, q1s: tuple[int, ...]) -> list[dict]
     return out
 
 
-def plot_view(bands: list[dict], base_value: float | None, view: str, path: Path, title: str = "") -> Path:
-    """One view against Q2 (symlog x axis so Q2 = 0 and the fast phase both show)."""
+def plot_view(bands: list[dict], base_value: float | None, view: str, path: Path, title: str = "",
+              base_label: str = "base model") -> Path:
+    """One view against Q2 (symlog x axis so Q2 = 0 and the fast phase both show); `base_value` dashed."""
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     q1s = sorted({b["q1"] for b in bands})
     colors = plt.cm.viridis([i / max(1, len(q1s) - 1) * 0.85 for i in range(len(q1s))])
@@ -45,9 +46,10 @@ def plot_view(bands: list[dict], base_value: float | None, view: str, path: Path
         if all(math.isfinite(b["lo"]) for b in bs):
             ax.fill_between(x, [b["lo"] for b in bs], [b["hi"] for b in bs], color=color, alpha=0.18, lw=0)
     if base_value is not None and math.isfinite(base_value):
-        ax.axhline(base_value, color="k", ls="--", lw=1, label="base model")
+        ax.axhline(base_value, color="k", ls="--", lw=1, label=base_label)
     small = min((b["q2"] for b in bands if b["q2"] > 0), default=1)
     ax.set_xscale("symlog", linthresh=small)
+    ax.set_xlim(left=0)
     ax.set_xlabel("Q2 (negative examples)")
     ax.set_ylabel(LABELS.get(view, view))
     ax.set_title(title or f"{view} vs negative fine-tuning (mean over seeds, 95% t-band)", fontsize=9)

@@ -155,9 +155,10 @@ def write_outputs(run: Run, cfg, data, base: Run, positives: dict, negatives: di
     for view in ("score", "log_odds", "kl_response"):
         b = curve_bands(grid, view, data.q1)
         bands += b
-        base_value = rows[0][view] if view != "kl_response" else cfg.metrics.kl_epsilon
-        title = {"kl_response": f"KL to the base model (dashed: epsilon = {cfg.metrics.kl_epsilon:g})"}.get(view, "")
-        plot_view(b, base_value, view, run.file(f"{view}.png"), title)
+        kl = view == "kl_response"
+        plot_view(b, cfg.metrics.kl_epsilon if kl else rows[0][view], view, run.file(f"{view}.png"),
+                  "KL to the base model on held-out responses (mean over seeds, 95% t-band)" if kl else "",
+                  f"epsilon = {cfg.metrics.kl_epsilon:g}" if kl else "base model")
     atomic("curves.csv", csv_text(bands))
     save = savings(positives, negatives, data.q1, data.q2)
     run.write_json("savings.json", save)
