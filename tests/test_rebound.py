@@ -97,6 +97,9 @@ def test_slopes_ratio_and_log_odds_by_hand():
     # in log-odds the same curve's initial slope is (ln 1.5 - ln 9) / 10
     assert em.curve_shape(x, lo, 10, 50)["initial_slope"] == pytest.approx((math.log(1.5) - math.log(9)) / 10)
     assert em.log_odds(1.0) == pytest.approx(math.log((1 - 1e-4) / 1e-4))  # clipped, finite
+    assert em.log_odds(1.0, n=64) == pytest.approx(math.log(129))  # empirical logit: 64 samples resolve no more
+    assert em.log_odds(0.75, n=4) == pytest.approx(math.log(3.5 / 1.5))
+    assert em.log_odds(0.5, n=64) == 0.0
     with pytest.raises(ValueError):
         em.secant_slope(x, y, 0, 20)  # 20 is not a grid point
 
@@ -205,6 +208,10 @@ def test_outputs_and_token_saving(full, setup):
                  "curves.csv", "score.png", "log_odds.png", "kl_response.png", "summary.txt"):
         assert run.file(name).stat().st_size > 0, name
     assert len(run.file("results.csv").read_text().splitlines()) == len(rows) + 1
+    from elasticity.experiments.rebound import summary_lines
+
+    lines = summary_lines(run)
+    assert lines[0].startswith("rebound: base score") and lines[-1].endswith(run.path.name)
     tok = load_tokenizer(cfg.model)
 
     def tokens(path, n_pool, seed, q):

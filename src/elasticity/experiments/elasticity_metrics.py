@@ -82,10 +82,21 @@ def t_interval(values: Sequence[float | None]) -> Interval:
     return Interval(mean, mean - half, mean + half, n, len(values))
 
 
-def log_odds(p: float | np.ndarray, eps: float = LOG_ODDS_EPS) -> float | np.ndarray:
-    """ln(p / (1 - p)) with p clipped to [eps, 1 - eps]: log_odds(0.5) = 0, log_odds(0.9) = ln 9 = 2.197."""
-    q = np.clip(np.asarray(p, dtype=np.float64), eps, 1 - eps)
-    out = np.log(q / (1 - q))
+def log_odds(p: float | np.ndarray, n: int | None = None, eps: float = LOG_ODDS_EPS) -> float | np.ndarray:
+    """Log-odds of a mean score p. With n (the samples behind the mean) the empirical logit
+    ln((n p + 1/2) / (n (1 - p) + 1/2)), whose range the sample count bounds: a mean of 64 samples cannot
+    tell 0.999 from 0.99999, and a plain logit would let that unresolvable tail dominate a slope. Without n,
+    ln(p / (1 - p)) with p clipped to [eps, 1 - eps].
+
+    Examples: log_odds(0.5) = 0, log_odds(0.9) = ln 9 = 2.197; log_odds(1.0, n=64) = ln(64.5 / 0.5) = 4.860,
+    log_odds(0.75, n=4) = ln(3.5 / 1.5) = 0.847.
+    """
+    q = np.asarray(p, dtype=np.float64)
+    if n is not None:
+        out = np.log((n * q + 0.5) / (n * (1 - q) + 0.5))
+    else:
+        q = np.clip(q, eps, 1 - eps)
+        out = np.log(q / (1 - q))
     return float(out) if out.ndim == 0 else out
 
 

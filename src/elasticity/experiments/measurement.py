@@ -5,7 +5,7 @@ sets, the base model as the KL reference) and `measure(model)` returns one flat 
 
     score, score_se     mean scorer output over prompts x samples; SE clustered by prompt (sd of the
                         per-prompt means / sqrt(prompts)), since samples of one prompt are not independent
-    log_odds            ln(score / (1 - score)) of the mean score (clipped, see elasticity_metrics)
+    log_odds            empirical logit of the mean score over its `samples` texts (see elasticity_metrics)
     kl_response         KL(model || base) in nats per response token, teacher-forced on the held-out
                         positive and negative prompt/response pairs (response tokens and EOS only)
     bpt_positive, bpt_negative
@@ -140,7 +140,7 @@ class Evaluator:
         texts = [(s["prompt"] + s["response"]) if self.score_prompt else s["response"] for s in samples]
         scores = [float(v) for v in self.scorer.score(texts)]
         mean, se = clustered_mean_se(scores, [s["prompt_index"] for s in samples])
-        rec = {"score": mean, "score_se": se, "log_odds": log_odds(mean),
+        rec = {"score": mean, "score_se": se, "log_odds": log_odds(mean, len(scores)), "samples": len(scores),
                "finished_share": float(np.mean([s["finished"] for s in samples])),
                "new_tokens": float(np.mean([s["new_tokens"] for s in samples]))}
         kl_nats, kl_tokens = 0.0, 0

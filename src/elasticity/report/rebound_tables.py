@@ -16,12 +16,13 @@ import io
 import json
 import math
 
+from elasticity.experiments.elasticity_metrics import log_odds
 from elasticity.experiments.rebound_analysis import FALLING_VIEWS, analyse, verdict
 from elasticity.report.rebound_figures import curve_bands, plot_view
 from elasticity.runs import Run, read_jsonl
 
-_FIRST = ["q1", "seed", "q2", "examples", "tokens", "steps", "train_loss", "score", "score_se", "log_odds",
-          "kl_response"]
+_FIRST = ["q1", "seed", "q2", "examples", "tokens", "steps", "train_loss", "score", "score_se", "samples",
+          "log_odds", "kl_response"]
 
 
 def csv_text(rows: list[dict], columns: list[str] | None = None) -> str:
@@ -36,12 +37,19 @@ def csv_text(rows: list[dict], columns: list[str] | None = None) -> str:
     return buf.getvalue()
 
 
-def collect_rows(base: Run, negatives: dict[tuple[int, int], Run]) -> list[dict]:
-    """The tidy results: the base row, then every grid point sorted by (Q1, seed, Q2)."""
+def collect_rows(base: Run, negatives: dict[tuple[int, int], Run], samples: int) -> list[dict]:
+    """The tidy results: the base row, then every grid point sorted by (Q1, seed, Q2).
+
+    `log_odds` is (re)derived here from the score and the `samples` behind it (the empirical logit), so a
+    change of that definition never needs a model run.
+    """
     rows = [dict(p, seed=None) for p in read_jsonl(base.file("points.jsonl"))]
     for (q1, seed), r in sorted(negatives.items()):
         points = {p["q2"]: p for p in read_jsonl(r.file("points.jsonl"))}  # a resumed run's last word wins
         rows += [points[q] for q in sorted(points)]
+    for r in rows:
+        r["samples"] = r.get("samples", samples)
+        r["log_odds"] = log_odds(r["score"], r["samples"])
     cols = _FIRST + [k for k in rows[0] if k not in _FIRST]
     return [{k: r.get(k) for k in cols} for r in rows]
 
@@ -131,7 +139,7 @@ def _summary(cfg, rows, metrics, save: dict, run: Run) -> list[str]:
 
 def write_outputs(run: Run, cfg, data, base: Run, positives: dict, negatives: dict) -> None:
     """Write every result file of the rebound run (see the module doc)."""
-    rows = collect_rows(base, negatives)
+    rows = collect_rows(base, negatives, len(data.prompts) * cfg.policy.samples_per_prompt)
     atomic = run.write_text
     atomic("results.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
     atomic("results.csv", csv_text(rows))
