@@ -238,18 +238,19 @@ def test_interrupted_rebound_resumes_without_redoing_points(full, setup, monkeyp
     measure = Evaluator.measure
     calls = []
 
-    def crash_on_fifth(self, model, with_samples=False):
+    def crash_on_fourth(self, model, with_samples=False):
         calls.append(1)
-        if len(calls) == 5:  # base, Q1=8 at Q2 = 0, 6, 12, then Q1=20 at Q2 = 0: crash
+        if len(calls) == 4:  # base, Q1=8 at Q2 = 0 and 6, then crash inside the training loop at Q2 = 12
             raise KeyboardInterrupt
         return measure(self, model, with_samples)
 
-    monkeypatch.setattr(Evaluator, "measure", crash_on_fifth)
+    monkeypatch.setattr(Evaluator, "measure", crash_on_fourth)
     with pytest.raises(KeyboardInterrupt):
         rebound_stage(cfg, root / "resume")
     # no final result from a crashed experiment, and the crashed negative run is not marked finished
     assert not [p for p in (root / "resume").iterdir() if re.fullmatch(r"rebound-[0-9a-f]{12}", p.name)]
-    assert len(list((root / "resume").glob("rebound-negative-*/DONE"))) == 1
+    (crashed,) = (root / "resume").glob("rebound-negative-*")
+    assert not (crashed / "DONE").exists() and (crashed / "resume.pt").exists()
     redone = []
 
     def counting(self, model, with_samples=False):
@@ -258,7 +259,7 @@ def test_interrupted_rebound_resumes_without_redoing_points(full, setup, monkeyp
 
     monkeypatch.setattr(Evaluator, "measure", counting)
     resumed = rebound_stage(cfg, root / "resume")
-    assert len(redone) == 3  # only Q1 = 20's three points; the base and Q1 = 8 are finished
+    assert len(redone) == 4  # Q1 = 8 at Q2 = 12 (resumed from its Q2 = 6 state), Q1 = 20's three points
     _, uninterrupted = full
     want = [r for r in _rows(uninterrupted) if r["seed"] in (0, None)]
     got = _rows(resumed)

@@ -297,7 +297,8 @@ def negative_stage(cfg: Config, data: Data, kit: _Kit, seed: int, q1: int, posit
     def work(run: Run) -> None:
         from elasticity.models.hf import load_causal_lm
 
-        done = {p["q2"] for p in read_jsonl(run.file("points.jsonl"))}
+        points = read_jsonl(run.file("points.jsonl"))
+        done = {p["q2"] for p in points}
         model, tok = load_causal_lm(str(positive.file("checkpoints") / f"examples-{q1}"), cfg.trust_remote_code)
         ev = kit.get()
         base = {"q1": q1, "seed": seed}
@@ -305,7 +306,7 @@ def negative_stage(cfg: Config, data: Data, kit: _Kit, seed: int, q1: int, posit
             p = _record_point(run, ev, model, {**base, "q2": 0, "examples": 0, "tokens": 0, "steps": 0,
                                                "train_loss": None})
             print(f"[rebound] seed {seed} Q1={q1}: aligned score {p['score']:.3f}", file=sys.stderr)
-        last_step = [0]
+        last_step = [max((p["steps"] for p in points), default=0)]  # a resumed run's loss window starts there
 
         def on_step(progress, m) -> None:
             if progress.examples not in marks:
