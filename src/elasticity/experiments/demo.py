@@ -19,12 +19,15 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from elasticity.config import load_config
+from elasticity.errors import UserError
 from elasticity.runs import Run, run_stage
 from elasticity.theory.command import Config as TheoryConfig
 from elasticity.theory.command import compute as theory_stage
 from elasticity.theory.command import summary_lines as theory_lines
+from elasticity.world.command import build_world
 from elasticity.world.pretrain import Config as PretrainConfig
-from elasticity.world.pretrain import report_stage
+from elasticity.world.pretrain import pretrain_model, report_stage
 
 DEFAULT_PRETRAIN = PretrainConfig(heldout_docs=200)
 
@@ -34,6 +37,7 @@ class Config:
     pretrain: PretrainConfig = field(default_factory=lambda: DEFAULT_PRETRAIN)
     theory: TheoryConfig = field(default_factory=TheoryConfig)
     rebound: bool = True  # run the rebound experiment (the main result); false = world, model, theory only
+    rebound_preset: str = "configs/rebound-demo.yaml"  # its grid and settings; the demo fills in the paths
 
 
 def _say(message: str) -> None:
@@ -67,9 +71,28 @@ def _pretrain_section(report: Run) -> list[str]:
     ]
 
 
+def rebound_config(preset: str, world: Run, model: Run):
+    """The rebound preset with the world's files and the pre-trained model filled in."""
+    from elasticity.experiments.rebound import Config as ReboundConfig
+
+    if not Path(preset).is_file():
+        raise UserError(f"rebound preset not found: {preset} (run the demo from the repository root, or set "
+                        "--rebound_preset)")
+    return load_config(ReboundConfig, preset, {
+        "model": str(model.path),
+        "positive": str(world.file("sft_positive.jsonl")),
+        "negative": str(world.file("sft_negative.jsonl")),
+        "prompts": str(world.file("eval_prompts.jsonl")),
+        "heldout": (str(world.file("heldout_neutral.jsonl")), str(world.file("heldout_mixture.jsonl"))),
+        "scorer.world": str(world.path),
+    })
+
+
 def demo_stage(cfg: Config, runs_root: Path) -> Run:
     started = time.time()
     _say("1/4 world and default model (cached after the first run)")
+    world = build_world(cfg.pretrain.world, runs_root)
+    _, model = pretrain_model(cfg.pretrain, cfg.pretrain.sizes[0], runs_root, world)
     pre = report_stage(cfg.pretrain, runs_root)
     _say("2/4 theory")
     theory = theory_stage(cfg.theory, runs_root)
@@ -77,9 +100,9 @@ def demo_stage(cfg: Config, runs_root: Path) -> Run:
     rebound = None
     if cfg.rebound:
         _say("3/4 rebound")
-        from elasticity.experiments.rebound import demo_rebound
+        from elasticity.experiments.rebound import rebound_stage
 
-        rebound = demo_rebound(pre, runs_root)
+        rebound = rebound_stage(rebound_config(cfg.rebound_preset, world, model), runs_root)
         sections["rebound"] = rebound
 
     def work(run: Run) -> None:
