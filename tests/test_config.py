@@ -60,3 +60,17 @@ def test_every_preset_loads(preset):
 def test_every_subcommand_has_help(command, capsys):
     assert main([command, "--help"]) == 0
     assert "--config" in capsys.readouterr().out
+
+
+def test_a_section_given_in_part_keeps_its_parents_defaults(tmp_path):
+    """`--train.lr` on `pretrain` changes the lr only: the pre-training recipe's batch etc. stay."""
+    from elasticity.world.pretrain import PRETRAIN
+    from elasticity.world.pretrain import Config as PretrainConfig
+
+    cfg = load_config(PretrainConfig, None, {"train.lr": 0.01})
+    assert cfg.train.lr == 0.01
+    assert (cfg.train.batch_size, cfg.train.max_length, cfg.train.log_every) == (
+        PRETRAIN.batch_size, PRETRAIN.max_length, PRETRAIN.log_every)
+    assert cfg.train.batch_size != TrainCommandConfig().train.batch_size  # the section class's own default
+    preset = load_config(PretrainConfig, CONFIGS / "pretrain.yaml")
+    assert config_hash(preset) == config_hash(PretrainConfig())  # the preset spells out the defaults

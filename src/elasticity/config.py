@@ -90,10 +90,31 @@ def from_dict(cls: type[T], data: Mapping[str, Any], prefix: str = "") -> T:
     kwargs = {}
     for f in dataclasses.fields(cls):
         if f.name in data:
-            kwargs[f.name] = _coerce(hints[f.name], data[f.name], prefix + f.name)
+            value = data[f.name]
+            default = _default(f)
+            if dataclasses.is_dataclass(default) and isinstance(value, Mapping):
+                # A section given in part keeps its *parent's* defaults for the rest (e.g. the pre-training
+                # recipe's batch size when only --train.lr is given), not the section class's own defaults.
+                value = _merge(to_dict(default), value)
+            kwargs[f.name] = _coerce(hints[f.name], value, prefix + f.name)
         elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
             raise UserError(f"missing config key '{prefix}{f.name}' (set it in --config or with --{prefix}{f.name})")
     return cls(**kwargs)
+
+
+def _default(f: dataclasses.Field) -> Any:
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
+    return None
+
+
+def _merge(base: dict, update: Mapping) -> dict:
+    out = dict(base)
+    for key, value in update.items():
+        out[key] = _merge(out[key], value) if isinstance(out.get(key), dict) and isinstance(value, Mapping) else value
+    return out
 
 
 def to_dict(obj: Any) -> Any:

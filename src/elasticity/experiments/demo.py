@@ -29,12 +29,9 @@ from elasticity.world.command import build_world
 from elasticity.world.pretrain import Config as PretrainConfig
 from elasticity.world.pretrain import pretrain_model, report_stage
 
-DEFAULT_PRETRAIN = PretrainConfig(heldout_docs=200)
-
-
 @dataclass(frozen=True)
 class Config:
-    pretrain: PretrainConfig = field(default_factory=lambda: DEFAULT_PRETRAIN)
+    pretrain: PretrainConfig = field(default_factory=PretrainConfig)  # = configs/pretrain.yaml
     theory: TheoryConfig = field(default_factory=TheoryConfig)
     rebound: bool = True  # run the rebound experiment (the main result); false = world, model, theory only
     rebound_preset: str = "configs/rebound-demo.yaml"  # its grid and settings; the demo fills in the paths
