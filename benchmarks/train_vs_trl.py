@@ -23,11 +23,12 @@ TRL settings changed from its defaults (everything else is TRL's default):
   lr_scheduler_type="constant" / batch sizes / seed (the shared recipe), logging_steps=1 (per-step losses
   to compare; ours logs every step too), save_strategy="no" and report_to="none" (no checkpoints, no
   trackers), train_sampling_strategy="sequential" (same order as ours), max_length=512 (ours; no example
-  comes near it). TRL's default optimizer is `adamw_torch_fused`; ours is `torch.optim.AdamW` (defaults).
+  comes near it). TRL's default optimizer is `adamw_torch_fused`; ours is `torch.optim.AdamW(fused=True)` too.
 
-Variants timed in every round, in this order: `trl`; `ours` (our loop at its defaults); `ours_bucket1` (ours
-with `bucket=1`: examples sorted by length inside each optimizer step, so every step holds the same examples
-and has the same loss as TRL's, with less padding); with `--trl-defaults` also `trl_grad_ckpt`.
+Variants timed in every round, in this order: `trl`; `ours` (our loop with `bucket=0`: micro-batches in
+the data order, as TRL forms them); `ours_bucket1` (our loop at its defaults, `bucket=1`: examples sorted by
+length inside each optimizer step, so every step holds the same examples and has the same loss as TRL's, with
+less padding); with `--trl-defaults` also `trl_grad_ckpt`.
 
 Timing: one short warm-up run of each trainer (excluded), then `--repeats` rounds in one process (round 1
 in the order above, TRL first; every other round reversed, against drifts in the machine's load). Reported
