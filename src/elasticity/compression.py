@@ -37,6 +37,7 @@ from elasticity.likelihood import (  # noqa: F401 - the public API of this modul
     rolling_windows,
     score_sequences,
 )
+from elasticity.models.hf import resolve_device
 from elasticity.runs import Run, run_stage, stage_path
 
 STAGE = "compress"
@@ -153,17 +154,6 @@ def _check_settings(cfg: Config) -> None:
         raise UserError(f"max_length must be at least 1, got {cfg.max_length}")
 
 
-def _device(name: str):
-    import torch
-
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        return torch.device(name)
-    except RuntimeError:
-        raise UserError(f"unknown device '{name}' (use auto, cpu, cuda or cuda:N)") from None
-
-
 def _max_length(cfg: Config, model, tok) -> int:
     try:
         limit = model_max_length(model, tok)
@@ -246,7 +236,7 @@ def run(cfg: Config, runs_root: Path) -> None:
     # models are loaded only when there is work, and before run_stage creates the run directory, so every
     # error they can raise leaves nothing behind; `work` is only called in that case
     if not finished.done:
-        device = _device(cfg.device)
+        device = resolve_device(cfg.device)
         model, tok = load_causal_lm(model_src, cfg.trust_remote_code)
         reference = None
         if ref_src:
@@ -269,6 +259,6 @@ def run(cfg: Config, runs_root: Path) -> None:
         run.write_json("results.json", results)
         return {"device": str(device)}
 
-    done = run_stage(runs_root, STAGE, cfg, inputs, work, device=str(_device(cfg.device)))
+    done = run_stage(runs_root, STAGE, cfg, inputs, work, device=str(resolve_device(cfg.device)))
     _print(json.loads(done.file("results.json").read_text()))
     print(f"results: {done.file('results.json')}")

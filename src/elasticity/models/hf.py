@@ -33,6 +33,18 @@ def resolve_model_source(source: str, need: str = "config.json") -> str:
     return source  # a hub id such as "gpt2" or "org/name"
 
 
+def resolve_device(name: str, key: str = "device"):
+    """"auto" -> the first CUDA device if there is one, else the CPU; anything else is passed to torch."""
+    import torch
+
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        return torch.device(name)
+    except RuntimeError:
+        raise UserError(f"{key}: not a torch device: {name!r} (use auto, cpu, cuda or cuda:N)") from None
+
+
 def load_tokenizer(source: str, trust_remote_code: bool = False):
     from transformers import AutoTokenizer
 

@@ -15,20 +15,14 @@ from typing import Any, Sequence
 
 from elasticity.errors import UserError
 from elasticity.models.hf import load_tokenizer, resolve_model_source
+from elasticity.models.hf import resolve_device as _resolve_device
 
 log = logging.getLogger("elasticity.scorers")
 
 
 def resolve_device(device: str):
     """"auto" -> the first CUDA device if there is one, else the CPU; anything else is passed to torch."""
-    import torch
-
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        return torch.device(device)
-    except RuntimeError:
-        raise UserError(f"scorer.device: not a torch device: {device!r} (use auto, cpu, cuda or cuda:N)") from None
+    return _resolve_device(device, key="scorer.device")
 
 
 def load_sequence_classifier(
