@@ -92,6 +92,9 @@ class Oracle:
             vocab |= world.grammar.terminals(f"${c}")
         self._vocab_size = len(vocab)
         self._unigram = {}
+        # Model samples repeat the world's formulaic sentences across texts: the fallback's per-sentence
+        # likelihoods M_c(s) are memoised (exact; cleared when large), its inside parses being most of its cost.
+        self._sentence_memo: dict[tuple[tuple[str, ...], bool], dict[str, float]] = {}
         for c in COMPONENTS:
             freq = world.grammar.expected_terminals(f"${c}")
             total = sum(freq.values())
@@ -136,17 +139,28 @@ class Oracle:
         weights = self.world.weights
         out = {c: 0.0 for c in COMPONENTS}
         for sent, unfinished in sentences:
-            m = {}
-            for c in COMPONENTS:
-                exact = self._log_inside(self._sentences, sent, f"$sentence|{c}", unfinished)
-                words = sum(self._log_unigram(c, t) for t in sent)
-                m[c] = _logsumexp([math.log(self.lam) + exact, math.log(1 - self.lam) + words])
+            m = self._sentence_likelihoods(sent, unfinished)
             noise = _logsumexp([math.log(w) + m[c] for c, w in weights.items() if w > 0])
             for c in COMPONENTS:
                 out[c] += _logsumexp([math.log(1 - self.delta) + m[c], math.log(self.delta) + noise])
         return out
 
     # ---- internals ------------------------------------------------------------------------------------
+    def _sentence_likelihoods(self, sent: list[str], unfinished: bool) -> dict[str, float]:
+        """log M_c(s) for every component c (see the module docstring), memoised."""
+        key = (tuple(sent), unfinished)
+        m = self._sentence_memo.get(key)
+        if m is None:
+            m = {}
+            for c in COMPONENTS:
+                exact = self._log_inside(self._sentences, sent, f"$sentence|{c}", unfinished)
+                words = sum(self._log_unigram(c, t) for t in sent)
+                m[c] = _logsumexp([math.log(self.lam) + exact, math.log(1 - self.lam) + words])
+            if len(self._sentence_memo) >= 100_000:
+                self._sentence_memo.clear()
+            self._sentence_memo[key] = m
+        return m
+
     @staticmethod
     def _log_inside(grammar: Grammar, tokens: list[str], root: str, prefix: bool) -> float:
         p = grammar.inside(tokens, root, prefix=prefix, partial=prefix)

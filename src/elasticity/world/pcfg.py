@@ -207,7 +207,7 @@ class Grammar:
         """
         n = len(tokens)
         memo: dict[tuple[str, int], dict[int, float]] = {}
-        rules, first, nullable = self.rules, self._first, self._nullable
+        rules, marked, first, nullable = self.rules, self._marked, self._first, self._nullable
 
         def spans(a: str, i: int) -> dict[int, float]:
             key = (a, i)
@@ -221,16 +221,16 @@ class Grammar:
                 return out
             tok = tokens[i] if i < n else None
             loose = partial and i == n - 1
-            for (p, rhs), f in zip(rules[a], first[a]):
+            for (p, _), rhs, f in zip(rules[a], marked[a], first[a]):
                 if f is not None and not loose and tok not in f:
                     continue  # the rule cannot start with this token
                 cur = {i: p}
-                for s in rhs:
+                for s, nonterminal in rhs:
                     nxt: dict[int, float] = {}
                     for j, q in cur.items():
                         if prefix and j == n:
                             nxt[n] = nxt.get(n, 0.0) + q
-                        elif is_nt(s):
+                        elif nonterminal:
                             if j == n and s not in nullable:
                                 continue
                             for k, r in spans(s, j).items():
