@@ -5,9 +5,11 @@ Steps, each a cached stage (a second `make demo` reuses them all):
 2. score the model on held-out text of every component beside the true entropy rates, and sample reviews
    from held-out openings (oracle-scored positive rate and sentiment consistency);
 3. the theorem checked numerically (`elasticity theory`);
-4. rebound: align on Q1 positive reviews, fine-tune on Q2 negative ones, measure the fall.
+4. rebound: align on Q1 positive reviews, fine-tune on Q2 negative ones, measure the fall;
+5. resistance: slices of one positive-review SFT, fine-tuned on each other's answers, forward vs inverse.
 The report directory (`runs/demo-<hash>/`) holds `summary.md`, `summary.json` and copies of every table and
-figure, so it can be read, shared or archived on its own. Its path is printed last.
+figure (resistance's under `resistance/`), so it can be read, shared or archived on its own. Its path is
+printed last.
 """
 
 from __future__ import annotations
@@ -35,6 +37,8 @@ class Config:
     theory: TheoryConfig = field(default_factory=TheoryConfig)
     rebound: bool = True  # run the rebound experiment (the main result); false = world, model, theory only
     rebound_preset: str = "configs/rebound-demo.yaml"  # its grid and settings; the demo fills in the paths
+    resistance: bool = True  # run the resistance experiment (forward vs inverse alignment, Table 1)
+    resistance_preset: str = "configs/resistance-demo.yaml"
 
 
 def _say(message: str) -> None:
@@ -68,14 +72,17 @@ def _pretrain_section(report: Run) -> list[str]:
     ]
 
 
+def _preset(cls, preset: str, key: str, paths: dict):
+    if not Path(preset).is_file():
+        raise UserError(f"{key} not found: {preset} (run the demo from the repository root, or set --{key})")
+    return load_config(cls, preset, paths)
+
+
 def rebound_config(preset: str, world: Run, model: Run):
     """The rebound preset with the world's files and the pre-trained model filled in."""
     from elasticity.experiments.rebound import Config as ReboundConfig
 
-    if not Path(preset).is_file():
-        raise UserError(f"rebound preset not found: {preset} (run the demo from the repository root, or set "
-                        "--rebound_preset)")
-    return load_config(ReboundConfig, preset, {
+    return _preset(ReboundConfig, preset, "rebound_preset", {
         "model": str(model.path),
         "positive": str(world.file("sft_positive.jsonl")),
         "negative": str(world.file("sft_negative.jsonl")),
@@ -85,22 +92,41 @@ def rebound_config(preset: str, world: Run, model: Run):
     })
 
 
+def resistance_config(preset: str, world: Run, model: Run):
+    """The resistance preset: align on the world's positive reviews, answer its evaluation openings."""
+    from elasticity.experiments.resistance import Config as ResistanceConfig
+
+    return _preset(ResistanceConfig, preset, "resistance_preset", {
+        "model": str(model.path),
+        "alignment": str(world.file("sft_positive.jsonl")),
+        "prompts": str(world.file("eval_prompts.jsonl")),
+        "scorer.world": str(world.path),
+    })
+
+
 def demo_stage(cfg: Config, runs_root: Path) -> Run:
     started = time.time()
-    _say("1/4 world and default model (cached after the first run)")
+    _say("1/5 world and default model (cached after the first run)")
     world = build_world(cfg.pretrain.world, runs_root)
     _, model = pretrain_model(cfg.pretrain, cfg.pretrain.sizes[0], runs_root, world)
     pre = report_stage(cfg.pretrain, runs_root)
-    _say("2/4 theory")
+    _say("2/5 theory")
     theory = theory_stage(cfg.theory, runs_root)
     sections = {"pretrain": pre, "theory": theory}
     rebound = None
     if cfg.rebound:
-        _say("3/4 rebound")
+        _say("3/5 rebound")
         from elasticity.experiments.rebound import rebound_stage
 
         rebound = rebound_stage(rebound_config(cfg.rebound_preset, world, model), runs_root)
         sections["rebound"] = rebound
+    resistance = None
+    if cfg.resistance:
+        _say("4/5 resistance")
+        from elasticity.experiments.resistance import resistance_stage
+
+        resistance = resistance_stage(resistance_config(cfg.resistance_preset, world, model), runs_root)
+        sections["resistance"] = resistance
 
     def work(run: Run) -> None:
         lines = ["# elasticity demo", ""]
@@ -110,6 +136,14 @@ def demo_stage(cfg: Config, runs_root: Path) -> Run:
             lines += ["## Rebound", "", *rebound_lines(rebound), ""]
             _copy(rebound.path, run.path, sorted(p.name for p in rebound.path.glob("*") if p.suffix in
                                                   (".png", ".csv", ".md", ".json") and p.name != "meta.json"))
+        if resistance is not None:
+            from elasticity.experiments.resistance import summary_lines as resistance_lines
+
+            lines += ["## Resistance: forward vs inverse alignment", "", *resistance_lines(resistance), "",
+                      resistance.file("table.md").read_text(), resistance.file("difficulty.md").read_text()]
+            (run.path / "resistance").mkdir(exist_ok=True)
+            _copy(resistance.path, run.path / "resistance", sorted(
+                p.name for p in resistance.path.glob("*") if p.suffix in (".png", ".csv", ".md")))
         lines += _pretrain_section(pre)
         lines += ["## Theory", "", *theory_lines(theory), ""]
         _copy(theory.path, run.path, [p.name for p in theory.path.glob("*.png")])
@@ -118,7 +152,7 @@ def demo_stage(cfg: Config, runs_root: Path) -> Run:
         run.write_text("summary.md", "\n".join(lines))
         run.write_json("summary.json", {k: str(v.path) for k, v in sections.items()})
 
-    _say("4/4 report")
+    _say("5/5 report")
     report = run_stage(runs_root, "demo", cfg, sections, work, quiet=True)
     _say(f"done in {time.time() - started:.0f} s")
     return report

@@ -1,0 +1,160 @@
+"""The resistance run's result files, built from its stages' run directories (no model is loaded here).
+
+    results.jsonl, results.csv   one row per (seed, pair): every number of `resistance_analysis`
+    table.md, table.csv          Table 1's form: per pair and over all pairs, means with 95% t-intervals
+    difficulty.md, difficulty.csv  every model's loss on every D before fine-tuning (mean over seeds / per seed)
+    scores.csv                   with `score`: the mean score of each model's held-out answers, per seed
+    curves.csv                   every path's training loss per step (the figures' data)
+    loss_<l>_<k>.png             per pair: forward and inverse loss curves, each target's entropy dashed
+    summary.txt                  what was found, in a few lines
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from elasticity.experiments.resistance_analysis import pair_row, summarise  # noqa: E402
+from elasticity.report.rebound_tables import csv_text  # noqa: E402
+from elasticity.runs import Run, atomic_write, read_jsonl  # noqa: E402
+
+COLORS = {"forward": "tab:blue", "inverse": "tab:orange"}
+
+
+def _iv(row: dict, key: str, digits: int = 3) -> str:
+    mean, lo, hi = row[key], row[f"{key}_lo"], row[f"{key}_hi"]
+    if not math.isfinite(mean):
+        return "n/a"
+    if not math.isfinite(lo):
+        return f"{mean:.{digits}f}"
+    return f"{mean:.{digits}f} [{lo:.{digits}f}, {hi:.{digits}f}]"
+
+
+def _curve(path: Run) -> list[float]:
+    return [r["train/loss"] for r in sorted(path.metrics(), key=lambda r: r["step"]) if "train/loss" in r]
+
+
+def table_markdown(summary: list[dict], window: int) -> str:
+    """Table 1's form (the paper's measure, with the target-entropy control), then the lower-noise distance."""
+    lines = [f"**Final training loss** (mean of the last {window} steps; the paper's measure). Forward: theta_k "
+             "fine-tuned on D_l; inverse: theta_l on D_k. Target gap = H(D_l) - H(D_k), how much harder the "
+             "forward target is by its own entropy; excess difference = difference - target gap. 95% t-intervals "
+             "over seeds.", "",
+             "| pair l/k | forward (theta_k on D_l) | inverse (theta_l on D_k) | forward - inverse | inverse lower | "
+             "target gap | excess difference |", "|---|---|---|---|---|---|---|"]
+    lines += [f"| {r['pair']} | {_iv(r, 'forward_loss')} | {_iv(r, 'inverse_loss')} | {_iv(r, 'difference', 4)} | "
+              f"{r['inverse_lower']}/{r['cells']} | {_iv(r, 'target_gap', 4)} | {_iv(r, 'excess_difference', 4)} |"
+              for r in summary]
+    lines += ["", "**Distance to the target slice**: KL(theta_target || model) per token on the target's held-out "
+              "answers, before the fine-tune (start) and after it (end); end forward - inverse > 0: the inverse "
+              "path ended closer to its target.", "",
+              "| pair l/k | start forward | start inverse | end forward | end inverse | end forward - inverse | "
+              "inverse closer |", "|---|---|---|---|---|---|---|"]
+    lines += [f"| {r['pair']} | {_iv(r, 'kl_start_forward', 4)} | {_iv(r, 'kl_start_inverse', 4)} | "
+              f"{_iv(r, 'kl_end_forward', 4)} | {_iv(r, 'kl_end_inverse', 4)} | {_iv(r, 'kl_end_difference', 4)} | "
+              f"{r['inverse_closer']}/{r['cells']} |" for r in summary]
+    return "\n".join(lines) + "\n"
+
+
+def difficulty_markdown(losses: list[dict], n: int) -> str:
+    """Mean over seeds of every model's loss on every D (rows: models; columns: datasets)."""
+    def mean(i, j):
+        vs = [r["loss"] for r in losses if r["model"] == i and r["dataset"] == j]
+        return sum(vs) / len(vs)
+
+    names = ["base"] + [f"theta_{i}" for i in range(1, n + 1)]
+    lines = ["Loss (nats/token) of each model on each dataset before any fine-tune, mean over seeds; the "
+             "diagonal estimates each dataset's entropy.", "",
+             "| model | " + " | ".join(f"D_{j}" for j in range(n + 1)) + " |", "|---" * (n + 2) + "|"]
+    lines += [f"| {names[i]} | " + " | ".join(f"{mean(i, j):.4f}" for j in range(n + 1)) + " |"
+              for i in range(n + 1)]
+    return "\n".join(lines) + "\n"
+
+
+def plot_pair(curves: list[dict], entropy: dict[str, float], k: int, l: int, path) -> None:
+    """Both directions' loss per step: one thin line per seed, the mean thick, each target's entropy dashed."""
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    for d, label in (("forward", f"forward: theta_{k} on D_{l}"), ("inverse", f"inverse: theta_{l} on D_{k}")):
+        runs = [c["losses"] for c in curves if c["direction"] == d]
+        for losses in runs:
+            ax.plot(range(1, len(losses) + 1), losses, color=COLORS[d], alpha=0.3, lw=0.8)
+        steps = min(len(x) for x in runs)
+        mean = [sum(x[s] for x in runs) / len(runs) for s in range(steps)]
+        ax.plot(range(1, steps + 1), mean, color=COLORS[d], lw=2, label=f"{label} (mean of {len(runs)} seeds)")
+        target = l if d == "forward" else k
+        ax.axhline(entropy[d], color=COLORS[d], ls="--", lw=1, label=f"H(D_{target}): its own slice's loss")
+    ax.set_xlabel("fine-tuning step")
+    ax.set_ylabel("training loss (nats / response token)")
+    ax.set_title(f"pair {l}/{k}: forward vs inverse alignment", fontsize=9)
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    atomic_write(path, buf.getvalue())
+
+
+def _summary(cfg, data, summary: list[dict], scores: list[dict], run: Run) -> list[str]:
+    n = len(data.marks)
+    per_d = len(data.prompts) * cfg.policy.samples_per_prompt
+    lines = [f"resistance: {n} slices after {list(data.marks)} alignment examples; each D_k = {len(data.prompts)} "
+             f"prompts x {cfg.policy.samples_per_prompt} = {per_d} examples; seeds {list(cfg.seeds)}; "
+             f"fine-tune lr {cfg.finetune.lr:g}, final loss = mean of the last {cfg.eval.loss_window} steps"]
+    if scores:
+        means = [sum(r["score"] for r in scores if r["slice"] == k) / len(cfg.seeds) for k in range(n + 1)]
+        lines.append("  score of each model's held-out answers (base, theta_1..): "
+                     + " / ".join(f"{m:.3f}" for m in means))
+    for r in summary:
+        name = "all pairs" if r["pair"] == "all" else f"pair {r['pair']}"
+        lines.append(f"  {name}: final loss forward {_iv(r, 'forward_loss')} vs inverse {_iv(r, 'inverse_loss')}; "
+                     f"forward - inverse {_iv(r, 'difference', 4)}, inverse lower in {r['inverse_lower']}/"
+                     f"{r['cells']}; target gap {_iv(r, 'target_gap', 4)}; excess difference "
+                     f"{_iv(r, 'excess_difference', 4)}; KL to target at the end, forward - inverse "
+                     f"{_iv(r, 'kl_end_difference', 4)}, inverse closer in {r['inverse_closer']}/{r['cells']}")
+    lines.append(f"  results: {run.path}")
+    return lines
+
+
+def write_outputs(run: Run, cfg, data, slices: dict[int, Run], paths: dict[tuple, Run]) -> None:
+    """Write every result file of the resistance run (see the module doc)."""
+    rows, curve_rows, curves, losses, scores = [], [], {}, [], []
+    n = len(data.marks)
+    for seed, s in slices.items():
+        diff = read_jsonl(s.file("difficulty.jsonl"))
+        losses += diff
+        loss = {(r["model"], r["dataset"]): r["loss"] for r in diff}
+        kl = {(r["target"], r["model"]): r["kl"] for r in read_jsonl(s.file("kl.jsonl"))}
+        if cfg.score:
+            for k in range(n + 1):
+                recs = read_jsonl(s.file(f"heldout-{k}.jsonl"))
+                scores.append({"seed": seed, "slice": k, "score": sum(r["score"] for r in recs) / len(recs)})
+        for k, l in data.pairs:
+            c = {d: _curve(paths[(seed, k, l, d)]) for d in ("forward", "inverse")}
+            ends = {d: json.loads(paths[(seed, k, l, d)].file("path.json").read_text()) for d in c}
+            rows.append(pair_row(seed, k, l, c, cfg.eval.loss_window, loss, kl, ends))
+            for d, values in c.items():
+                curves.setdefault((k, l), []).append({"seed": seed, "direction": d, "losses": values})
+                curve_rows += [{"seed": seed, "pair": f"{l}/{k}", "direction": d, "step": i + 1, "loss": v}
+                               for i, v in enumerate(values)]
+    summary = summarise(rows, cfg.seeds)
+    run.write_text("results.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
+    run.write_text("results.csv", csv_text(rows))
+    run.write_text("table.csv", csv_text(summary))
+    run.write_text("table.md", table_markdown(summary, cfg.eval.loss_window))
+    run.write_text("difficulty.csv", csv_text(losses))
+    run.write_text("difficulty.md", difficulty_markdown(losses, n))
+    run.write_text("curves.csv", csv_text(curve_rows))
+    if scores:
+        run.write_text("scores.csv", csv_text(scores))
+    for (k, l), cs in curves.items():
+        rs = [r for r in rows if (r["k"], r["l"]) == (k, l)]
+        entropy = {"forward": sum(r["entropy_target_forward"] for r in rs) / len(rs),
+                   "inverse": sum(r["entropy_target_inverse"] for r in rs) / len(rs)}
+        plot_pair(cs, entropy, k, l, run.file(f"loss_{l}_{k}.png"))
+    run.write_text("summary.txt", "\n".join(_summary(cfg, data, summary, scores, run)) + "\n")
