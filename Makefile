@@ -2,23 +2,29 @@
 # Both create .venv if missing; torch 2.13.0 goes in first so that no multi-GB CUDA build is pulled.
 VENV := .venv
 PY := $(VENV)/bin/python
-STAMP := $(VENV)/.installed-stamp
+CORE := $(VENV)/.installed-core
+TESTS := $(VENV)/.installed-test
 
 .PHONY: demo test bench clean
 
-$(STAMP): pyproject.toml Makefile
+$(CORE): pyproject.toml Makefile
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e '.[test]'
-	touch $(STAMP)
+	$(PY) -m pip install -q -e .
+	touch $(CORE)
 
-demo: $(STAMP)
+# The test extras (pytest, TRL, lm-eval: the suite checks against them) are not needed by the demo.
+$(TESTS): $(CORE)
+	$(PY) -m pip install -q -e '.[test]'
+	touch $(TESTS)
+
+demo: $(CORE)
 	$(VENV)/bin/elasticity demo
 
-test: $(STAMP)
+test: $(TESTS)
 	$(PY) -m pytest -q
 
-bench: $(STAMP)
+bench: $(CORE)
 	$(PY) -m pip install -q -e '.[bench]'
 	$(PY) benchmarks/train_vs_trl.py
 	$(PY) benchmarks/compress_vs_lm_eval.py
