@@ -32,6 +32,10 @@ def test_samples_do_not_depend_on_batching(tiny_assets):
     assert len({r["response"] for r in one if r["prompt_index"] == 0}) > 1  # samples differ per seed
     other_seed = generate(model, tok, PROMPTS, DecodingPolicy(**{**policy.__dict__, "seed": 8}))
     assert [r["response"] for r in other_seed] != [r["response"] for r in one]
+    # answering only some prompts draws exactly the samples a full run draws for them
+    part = generate(model, tok, PROMPTS, policy, indices=[3, 1])
+    assert [(r["prompt_index"], r["response"]) for r in part] == \
+        [(r["prompt_index"], r["response"]) for r in many if r["prompt_index"] in (1, 3)]
 
 
 def test_greedy_equals_transformers_generate(tiny_assets):

@@ -146,14 +146,15 @@ def test_a_slice_dataset_is_that_slice_s_answers(full, setup):
     policy = DecodingPolicy(**{**gen["policy"]})
     prompts = [json.loads(x)["prompt"] for x in open(cfg.prompts)]
     answers = {}
+    assert not (run / "data-0.jsonl").exists()  # the base trains on no D: it answers the held-out prompts only
     for k in range(4):
-        data = read_jsonl(run / f"data-{k}.jsonl") + read_jsonl(run / f"heldout-{k}.jsonl")
-        assert {r["slice"] for r in data} == {k} and len(data) == 16
+        data = (read_jsonl(run / f"data-{k}.jsonl") if k else []) + read_jsonl(run / f"heldout-{k}.jsonl")
+        assert {r["slice"] for r in data} == {k} and len(data) == (4 if k == 0 else 16)
         source = cfg.model if data[0]["model"] == "base" else str(run / data[0]["model"])
         assert data[0]["alignment_examples"] == (0, 12, 24, 36)[k]
         model, tok = load_causal_lm(source)
-        again = generate(model, tok, prompts, policy)
-        assert [r["response"] for r in data] == [r["response"] for r in again]
+        again = [r for r in generate(model, tok, prompts, policy) if k or r["prompt_index"] >= 12]
+        assert [(r["prompt_index"], r["response"]) for r in data] == [(r["prompt_index"], r["response"]) for r in again]
         answers[k] = [r["response"] for r in data]
     assert answers[1] != answers[3]  # the slices differ, so the pairs compare different datasets
 

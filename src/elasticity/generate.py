@@ -52,18 +52,20 @@ def _pick(logits: torch.Tensor, policy: DecodingPolicy, gens: list[torch.Generat
 
 
 @torch.inference_mode()
-def generate(model, tok, prompts: list[str], policy: DecodingPolicy) -> list[dict]:
-    """Sample `policy.samples_per_prompt` continuations of each prompt.
+def generate(model, tok, prompts: list[str], policy: DecodingPolicy, indices: list[int] | None = None) -> list[dict]:
+    """Sample `policy.samples_per_prompt` continuations of each prompt (or only of the prompts at `indices`).
 
     Returns one record per sample: prompt_index, sample_index, prompt, response (decoded, special tokens
-    dropped), new_tokens, and finished (True if the model ended the text with EOS).
+    dropped), new_tokens, and finished (True if the model ended the text with EOS). With `indices`, each
+    sample is the one a run over all prompts draws for that (prompt_index, sample_index).
     """
     policy.check()
     model.eval()
     device = next(model.parameters()).device
     pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
-    encoded = [tok(p, add_special_tokens=True)["input_ids"] for p in prompts]
-    rows = [(i, s) for i in range(len(prompts)) for s in range(policy.samples_per_prompt)]
+    wanted = range(len(prompts)) if indices is None else indices
+    encoded = {i: tok(prompts[i], add_special_tokens=True)["input_ids"] for i in wanted}
+    rows = [(i, s) for i in wanted for s in range(policy.samples_per_prompt)]
     rows.sort(key=lambda r: len(encoded[r[0]]))  # similar lengths share a batch: less left padding
     out = []
     for start in range(0, len(rows), policy.batch_size):

@@ -4,20 +4,21 @@ The paper's Table 1, with the seeds, intervals and controls it lacks. Per seed:
 
 1. SFT the base model theta_0 for one epoch on the alignment data (the seed shuffles it) and keep n equally
    spaced checkpoints, the slices theta_1..theta_n (after N/n, 2N/n, ..., N examples).
-2. The base and every slice answer one shared set of prompts under one decoding policy (the same sampling
-   seed for every model, so the datasets are paired draws): D_0..D_n. The last `eval.heldout_prompts` prompts
-   are held out of the D's; the answers to them measure KL (and, with `score`, each model's behaviour).
+2. Every slice answers one shared set of prompts under one decoding policy (the same sampling seed for
+   every model, so the datasets are paired draws): D_1..D_n. The last `eval.heldout_prompts` prompts are held
+   out of the D's; the answers to them, the base's included, measure KL and (with `score`) each model's
+   behaviour.
 3. For every pair k < l: forward = fine-tune theta_k on D_l, inverse = fine-tune theta_l on D_k, with the same
    hyper-parameters, the same example count, the same step plan and the same prompt order.
-4. Controls: every model's loss on every D (the base's, and each slice's, including a slice's loss on its
-   own answers, which estimates that dataset's entropy: the floor no fine-tune can go below), and the KL
-   between models on each slice's held-out answers.
+4. Controls: the base's and every slice's loss on every D (a slice's loss on its own answers estimates that
+   dataset's entropy: the floor no fine-tune can go below), and the KL between models on each slice's held-out
+   answers.
 
 Stages (each cached; an interrupted experiment redoes only what is missing):
 
     resistance-slices-<h>/  one per seed: checkpoints/examples-<m>/ (the slices), data-<k>.jsonl (D_k, with
-                            the generation record of every line), heldout-<k>.jsonl, difficulty.jsonl (loss
-                            of every model on every D), kl.jsonl (KL between models on held-out answers)
+                            the generation record of every line), heldout-<k>.jsonl (k = 0: the base),
+                            difficulty.jsonl (loss of every model on every D), kl.jsonl (KL between models)
     resistance-path-<h>/    one per (seed, pair, direction): metrics.jsonl (the loss curve), path.json (KL
                             at the end of the path)
     resistance-<h>/         tables, figures and the summary (see `elasticity.report.resistance_outputs`)
@@ -232,7 +233,9 @@ def slices_stage(cfg: Config, data: Data, seed: int, scorer, runs_root: Path) ->
         models = _Models(cfg, run, data)
         for k in range(n + 1):
             source = _model_source(cfg, run, k, data)
-            samples = generate(models.get(k), tok, prompts, policy)
+            # the base trains on no D: it answers only the held-out prompts (score, KL reference)
+            only = list(range(len(data.prompts), len(prompts))) if k == 0 else None
+            samples = generate(models.get(k), tok, prompts, policy, indices=only)
             provenance = {"slice": k, "alignment_examples": 0 if k == 0 else data.marks[k - 1],
                           "model": "base" if k == 0 else str(Path(source).relative_to(run.path)),
                           "policy_seed": policy.seed}
@@ -241,7 +244,8 @@ def slices_stage(cfg: Config, data: Data, seed: int, scorer, runs_root: Path) ->
             if cfg.score:  # held-out answers only: a slice's behaviour, at a fraction of the scoring cost
                 for r, v in zip(held, scorer.score([r["prompt"] + r["response"] for r in held])):
                     r["score"] = float(v)
-            write_jsonl(run.file(f"data-{k}.jsonl"), [r for r in records if r["prompt_index"] < len(data.prompts)])
+            if k > 0:
+                write_jsonl(run.file(f"data-{k}.jsonl"), [r for r in records if r["prompt_index"] < len(data.prompts)])
             write_jsonl(run.file(f"heldout-{k}.jsonl"), held)
         run.write_json("generation.json", {"policy": to_dict(policy), "prompts": len(data.prompts),
                                            "heldout_prompts": len(data.heldout_prompts), "slices": list(data.marks)})
@@ -265,7 +269,7 @@ def _controls(cfg: Config, data: Data, run: Run, tok, seed: int, models: _Models
 
     n, ml, bs = len(data.marks), cfg.finetune.max_length, cfg.eval.batch_size
     pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
-    sets = {j: _examples(tok, read_jsonl(run.file(f"data-{j}.jsonl")), ml, f"D_{j}") for j in range(n + 1)}
+    sets = {j: _examples(tok, read_jsonl(run.file(f"data-{j}.jsonl")), ml, f"D_{j}") for j in range(1, n + 1)}
     held = {j: _examples(tok, read_jsonl(run.file(f"heldout-{j}.jsonl")), ml, f"held-out answers of {j}")
             for j in range(1, n + 1)}
     loss_rows, kl_rows = [], []

@@ -69,10 +69,10 @@ def difficulty_markdown(losses: list[dict], n: int) -> str:
         return sum(vs) / len(vs)
 
     names = ["base"] + [f"theta_{i}" for i in range(1, n + 1)]
-    lines = ["Loss (nats/token) of each model on each dataset before any fine-tune, mean over seeds; the "
-             "diagonal estimates each dataset's entropy.", "",
-             "| model | " + " | ".join(f"D_{j}" for j in range(n + 1)) + " |", "|---" * (n + 2) + "|"]
-    lines += [f"| {names[i]} | " + " | ".join(f"{mean(i, j):.4f}" for j in range(n + 1)) + " |"
+    lines = ["Loss (nats/token) of each model on each slice's answers D_j before any fine-tune, mean over seeds; "
+             "the diagonal estimates each dataset's entropy.", "",
+             "| model | " + " | ".join(f"D_{j}" for j in range(1, n + 1)) + " |", "|---" * (n + 1) + "|"]
+    lines += [f"| {names[i]} | " + " | ".join(f"{mean(i, j):.4f}" for j in range(1, n + 1)) + " |"
               for i in range(n + 1)]
     return "\n".join(lines) + "\n"
 
