@@ -98,7 +98,9 @@ def test_pair_row_and_summary_by_hand():
     assert (r["start_forward"], r["start_inverse"]) == (1.6, 1.3)  # theta_1 on D_2, theta_2 on D_1
     assert r["kl_change_forward"] == pytest.approx(0.20 - 0.10)  # KL(theta_2 || theta_1) before, 0.10 after
     assert r["kl_change_inverse"] == pytest.approx(0.30 - 0.05)
-    assert r["kl_end_difference"] == pytest.approx(0.05) and r["inverse_closer"]  # 0.10 vs 0.05 left
+    assert r["kl_end_difference"] == pytest.approx(0.05)  # 0.10 vs 0.05 left
+    assert r["kl_left_forward"] == pytest.approx(0.5) and r["kl_left_inverse"] == pytest.approx(0.05 / 0.30)
+    assert r["kl_left_difference"] == pytest.approx(0.5 - 1 / 6) and r["inverse_closed_more"]
     # a second seed where the forward path ends lower: counted, and the interval straddles 0
     r2 = _hand_row(1, [2.0, 1.0, 1.0], [1.5, 1.2, 1.2])
     assert r2["difference"] == pytest.approx(-0.2) and not r2["inverse_lower"]

@@ -16,6 +16,9 @@ fine-tune can go below):
                                  over the vocabulary), so far less noisy than a few batches' loss;
                                  kl_change_* = start - end (how far toward the target);
                                  kl_end_difference = kl_end_forward - kl_end_inverse (> 0: inverse ended closer)
+    kl_left_*                    kl_end / kl_start: the share of the distance still left after the fine-tune, which
+                                 takes out that one path may start closer to its target (the KL analogue of the
+                                 target gap); kl_left_difference = forward - inverse (> 0: inverse closed more)
     kl_moved_*                   KL(fine-tuned || start model) on the same answers (how far the model moved)
 
 Statistics over seeds: per pair, each number's mean with a 95% t-interval and the count of seeds where the
@@ -32,7 +35,8 @@ from elasticity.experiments.elasticity_metrics import t_interval
 
 COMPARED = ("forward_loss", "inverse_loss", "difference", "target_gap", "excess_difference", "start_forward",
             "start_inverse", "kl_start_forward", "kl_start_inverse", "kl_end_forward", "kl_end_inverse",
-            "kl_end_difference", "kl_change_forward", "kl_change_inverse", "kl_moved_forward", "kl_moved_inverse")
+            "kl_end_difference", "kl_left_forward", "kl_left_inverse", "kl_left_difference", "kl_change_forward",
+            "kl_change_inverse", "kl_moved_forward", "kl_moved_inverse")
 
 
 def final_loss(losses: Sequence[float], window: int) -> float:
@@ -70,13 +74,15 @@ def pair_row(seed: int, k: int, l: int, curves: dict[str, list[float]], window: 
         row[f"kl_start_{d}"] = kl[(target, start)]
         row[f"kl_end_{d}"] = e["kl_target_end"]
         row[f"kl_change_{d}"] = kl[(target, start)] - e["kl_target_end"]
+        row[f"kl_left_{d}"] = e["kl_target_end"] / kl[(target, start)] if kl[(target, start)] > 0 else math.nan
         row[f"kl_moved_{d}"] = e["kl_moved"]
         row[f"heldout_loss_{d}"] = e["heldout_loss_end"]
         row[f"end_loss_{d}"] = e["end_loss"]  # in-sample: the whole training set after the last step
         for key in ("steps", "examples", "tokens"):
             row[f"{key}_{d}"] = e[key]
     row["kl_end_difference"] = row["kl_end_forward"] - row["kl_end_inverse"]
-    row["inverse_closer"] = row["kl_end_inverse"] < row["kl_end_forward"]
+    row["kl_left_difference"] = row["kl_left_forward"] - row["kl_left_inverse"]
+    row["inverse_closed_more"] = row["kl_left_inverse"] < row["kl_left_forward"]
     return row
 
 
@@ -103,7 +109,7 @@ def _mean(values: list[float]) -> float:
 
 def _summary_row(pair: str, rows: list[dict], values: dict[str, list[float]]) -> dict:
     row = {"pair": pair, "cells": len(rows), "inverse_lower": sum(bool(r["inverse_lower"]) for r in rows),
-           "inverse_closer": sum(bool(r["inverse_closer"]) for r in rows)}
+           "inverse_closed_more": sum(bool(r["inverse_closed_more"]) for r in rows)}
     for key, vs in values.items():
         iv = t_interval(vs)
         row.update({key: iv.mean, f"{key}_lo": iv.lo, f"{key}_hi": iv.hi, f"{key}_n": iv.n})

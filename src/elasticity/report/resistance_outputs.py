@@ -52,13 +52,14 @@ def table_markdown(summary: list[dict], window: int) -> str:
               f"{r['inverse_lower']}/{r['cells']} | {_iv(r, 'target_gap', 4)} | {_iv(r, 'excess_difference', 4)} |"
               for r in summary]
     lines += ["", "**Distance to the target slice**: KL(theta_target || model) per token on the target's held-out "
-              "answers, before the fine-tune (start) and after it (end); end forward - inverse > 0: the inverse "
-              "path ended closer to its target.", "",
-              "| pair l/k | start forward | start inverse | end forward | end inverse | end forward - inverse | "
-              "inverse closer |", "|---|---|---|---|---|---|---|"]
-    lines += [f"| {r['pair']} | {_iv(r, 'kl_start_forward', 4)} | {_iv(r, 'kl_start_inverse', 4)} | "
-              f"{_iv(r, 'kl_end_forward', 4)} | {_iv(r, 'kl_end_inverse', 4)} | {_iv(r, 'kl_end_difference', 4)} | "
-              f"{r['inverse_closer']}/{r['cells']} |" for r in summary]
+              "answers before the fine-tune (start) and after it (end), and the share of the start distance left "
+              "(end / start); share left forward - inverse > 0: the inverse path closed more of its distance.", "",
+              "| pair l/k | start forward / inverse | end forward / inverse | left forward | left inverse | "
+              "left forward - inverse | inverse closed more |", "|---|---|---|---|---|---|---|"]
+    lines += [f"| {r['pair']} | {r['kl_start_forward']:.4f} / {r['kl_start_inverse']:.4f} | "
+              f"{r['kl_end_forward']:.4f} / {r['kl_end_inverse']:.4f} | {_iv(r, 'kl_left_forward')} | "
+              f"{_iv(r, 'kl_left_inverse')} | {_iv(r, 'kl_left_difference')} | "
+              f"{r['inverse_closed_more']}/{r['cells']} |" for r in summary]
     return "\n".join(lines) + "\n"
 
 
@@ -115,8 +116,8 @@ def _summary(cfg, data, summary: list[dict], scores: list[dict], run: Run) -> li
         lines.append(f"  {name}: final loss forward {_iv(r, 'forward_loss')} vs inverse {_iv(r, 'inverse_loss')}; "
                      f"forward - inverse {_iv(r, 'difference', 4)}, inverse lower in {r['inverse_lower']}/"
                      f"{r['cells']}; target gap {_iv(r, 'target_gap', 4)}; excess difference "
-                     f"{_iv(r, 'excess_difference', 4)}; KL to target at the end, forward - inverse "
-                     f"{_iv(r, 'kl_end_difference', 4)}, inverse closer in {r['inverse_closer']}/{r['cells']}")
+                     f"{_iv(r, 'excess_difference', 4)}; share of the KL distance left, forward - inverse "
+                     f"{_iv(r, 'kl_left_difference')}, inverse closed more in {r['inverse_closed_more']}/{r['cells']}")
     lines.append(f"  results: {run.path}")
     return lines
 
