@@ -175,6 +175,7 @@ def test_table_is_reproducible_with_a_fixed_seed(full, setup):
     (["--align.batch_size", "64"], "fewer than one batch"),
     (["--examples", "3"], "fewer than one batch"),
     (["--eval.loss_window", "9"], "eval.loss_window = 9"),
+    (["--device", "tpu9"], "not a torch device"),
 ])
 def test_bad_input_exits_2_and_writes_nothing(setup, tmp_path, capsys, flags, message):
     from elasticity.cli import main

@@ -58,8 +58,10 @@ def nll_and_kl(model, base, examples: list[Example], pad_id: int, batch_size: in
         nats += float((nll * keep).sum(dtype=torch.float64))
         if base is not None:
             logq = cache.get(start) if cache is not None else None
-            if logq is None:
-                logq = base(input_ids=ids, attention_mask=mask).logits[:, :-1].float().log_softmax(-1)
+            if logq is None:  # the base may sit on another device than the model (e.g. after accelerate moved it)
+                bdev = next(base.parameters()).device
+                logq = base(input_ids=ids.to(bdev), attention_mask=mask.to(bdev)).logits[:, :-1].float()
+                logq = logq.log_softmax(-1).to(device)
                 if cache is not None:
                     cache[start] = logq
             kl += float(((logp.exp() * (logp - logq)).sum(-1) * keep).sum(dtype=torch.float64))

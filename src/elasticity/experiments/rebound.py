@@ -85,6 +85,8 @@ class Config:
     eval: Evaluation = field(default_factory=Evaluation)
     metrics: Metrics = field(default_factory=Metrics)
     keep_models: bool = False  # keep the negative runs' checkpoints (off: only the measurements are kept)
+    device: str = "auto"  # where models are measured: auto (CUDA if present), cpu, cuda:N; training runs where
+    # accelerate puts it
     trust_remote_code: bool = False
 
 
@@ -146,8 +148,9 @@ def check(cfg: Config) -> Data:
         raise UserError(f"metrics.kl_epsilon must be > 0, got {cfg.metrics.kl_epsilon}")
     check_scorer_config(cfg.scorer)
 
-    from elasticity.models.hf import resolve_model_source
+    from elasticity.models.hf import resolve_device, resolve_model_source
 
+    resolve_device(cfg.device)
     resolve_model_source(cfg.model)
     need = ("prompt", "response")
     pos = load_records(cfg.positive, need, cfg.fields)
@@ -206,6 +209,14 @@ def _inputs(cfg: Config) -> dict:
             **{f"heldout:{h}": h for h in cfg.heldout}}
 
 
+def _load(source: str, cfg: Config):
+    """A model on the measuring device (training moves it where accelerate says)."""
+    from elasticity.models.hf import load_causal_lm, resolve_device
+
+    model, tok = load_causal_lm(source, cfg.trust_remote_code)
+    return model.to(resolve_device(cfg.device)), tok
+
+
 class _Kit:
     """The evaluator, built once on first use (a fully cached experiment never loads a model)."""
 
@@ -215,9 +226,7 @@ class _Kit:
     def get(self):
         if self._ev is None:
             from elasticity.experiments.measurement import Evaluator
-            from elasticity.models.hf import load_causal_lm
-
-            base, tok = load_causal_lm(self.cfg.model, self.cfg.trust_remote_code)
+            base, tok = _load(self.cfg.model, self.cfg)
             self._ev = Evaluator(self.scorer, tok, base, self.data.prompts, self.cfg.policy,
                                  self.data.heldout_pairs, self.data.texts, self.cfg.train.max_length,
                                  self.cfg.eval.score_prompt, self.cfg.eval.batch_size)
@@ -241,9 +250,7 @@ def base_stage(cfg: Config, data: Data, kit: _Kit, runs_root: Path) -> Run:
     def work(run: Run) -> None:
         for p in (run.file("points.jsonl"), run.file("samples.jsonl")):
             p.unlink(missing_ok=True)
-        from elasticity.models.hf import load_causal_lm
-
-        model, _ = load_causal_lm(cfg.model, cfg.trust_remote_code)
+        model, _ = _load(cfg.model, cfg)
         point = _record_point(run, kit.get(), model, {"q1": 0, "q2": 0, "seed": None, "examples": 0,
                                                        "tokens": 0, "steps": 0, "train_loss": None})
         print(f"[rebound] base model: score {point['score']:.3f} +- {point['score_se']:.3f}", file=sys.stderr)
@@ -295,11 +302,9 @@ def negative_stage(cfg: Config, data: Data, kit: _Kit, seed: int, q1: int, posit
     tcfg = _train_cfg(cfg, seed, marks)
 
     def work(run: Run) -> None:
-        from elasticity.models.hf import load_causal_lm
-
         points = read_jsonl(run.file("points.jsonl"))
         done = {p["q2"] for p in points}
-        model, tok = load_causal_lm(str(positive.file("checkpoints") / f"examples-{q1}"), cfg.trust_remote_code)
+        model, tok = _load(str(positive.file("checkpoints") / f"examples-{q1}"), cfg)
         ev = kit.get()
         base = {"q1": q1, "seed": seed}
         if 0 not in done:

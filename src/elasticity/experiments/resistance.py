@@ -71,6 +71,8 @@ class Config:
     score: bool = False  # score every model's held-out answers with `scorer` (how far each slice moved)
     scorer: ScorerConfig = field(default_factory=ScorerConfig)
     keep_models: bool = False  # keep the fine-tuned models of the paths (off: only their measurements)
+    device: str = "auto"  # where models answer and are measured: auto (CUDA if present), cpu, cuda:N; training
+    # runs where accelerate puts it
     trust_remote_code: bool = False
 
 
@@ -131,8 +133,9 @@ def check(cfg: Config) -> Data:
     if cfg.score:
         check_scorer_config(cfg.scorer)
 
-    from elasticity.models.hf import resolve_model_source
+    from elasticity.models.hf import resolve_device, resolve_model_source
 
+    resolve_device(cfg.device)
     resolve_model_source(cfg.model)
     alignment = load_records(cfg.alignment, ("prompt", "response"), cfg.fields)
     if cfg.examples > len(alignment):
@@ -181,10 +184,10 @@ def _examples(tok, records: list[dict], max_length: int, name: str):
 
 
 def _load(source: str, cfg: Config):
-    from elasticity.models.hf import load_causal_lm
+    from elasticity.models.hf import load_causal_lm, resolve_device
 
     model, tok = load_causal_lm(source, cfg.trust_remote_code)
-    return model.eval(), tok
+    return model.to(resolve_device(cfg.device)).eval(), tok
 
 
 class _Models:
