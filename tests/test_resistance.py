@@ -82,9 +82,9 @@ def test_slice_marks_and_final_loss_by_hand():
 def _hand_row(seed, fwd_curve, inv_curve):
     loss = {(0, 1): 2.0, (0, 2): 2.5, (1, 1): 1.0, (2, 2): 1.2, (1, 2): 1.6, (2, 1): 1.3}  # (model, dataset)
     kl = {(2, 1): 0.20, (1, 2): 0.30}  # (target, model): KL(theta_target || theta_model)
-    ends = {"forward": {"kl_target_end": 0.10, "kl_moved": 0.25, "heldout_loss_end": 1.4, "end_loss": 1.5,
+    ends = {"forward": {"kl_target_end": 0.10, "kl_moved": 0.25, "heldout_loss_end": 1.4,
                         "steps": 3, "examples": 12, "tokens": 100},
-            "inverse": {"kl_target_end": 0.05, "kl_moved": 0.15, "heldout_loss_end": 1.1, "end_loss": 1.1,
+            "inverse": {"kl_target_end": 0.05, "kl_moved": 0.15, "heldout_loss_end": 1.1,
                         "steps": 3, "examples": 12, "tokens": 90}}
     return pair_row(seed, 1, 2, {"forward": fwd_curve, "inverse": inv_curve}, 2, loss, kl, ends)
 

@@ -331,7 +331,7 @@ def negative_stage(cfg: Config, data: Data, kit: _Kit, seed: int, q1: int, posit
             order = seed_order(len(data.negative), seed)[: marks[-1]]
             examples = tokenize_records([data.negative[i] for i in order], tok, tcfg.max_length, "negative")
             run.write_json("summary.json", train(model, tok, examples, tcfg, run, on_step=on_step,
-                                                 progress_bar=False))
+                                                 progress_bar=False, save_final=cfg.keep_models))
         if not cfg.keep_models:  # the measurements are the result; checkpoints of every Q2 are not
             for name in ("checkpoints", "model"):
                 shutil.rmtree(run.file(name), ignore_errors=True)

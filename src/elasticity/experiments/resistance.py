@@ -60,6 +60,7 @@ class Config:
     model: str = ""  # base model: a run directory, a Hugging Face model folder or a hub id
     alignment: str = ""  # alignment SFT records: prompt, response
     prompts: str = ""  # prompts every model answers: the D's, then the last eval.heldout_prompts (held out)
+    prompt_limit: int = 0  # use the file's first N prompts; 0 = all
     fields: Fields = field(default_factory=Fields)
     slices: int = 3  # n: checkpoints after N/n, 2N/n, ..., N alignment examples
     examples: int = 0  # N: alignment examples per seed (the first N of the seed's order); 0 = all
@@ -128,8 +129,8 @@ def check(cfg: Config) -> Data:
     ev = cfg.eval
     if ev.heldout_prompts < 1 or ev.loss_window < 1 or ev.batch_size < 1:
         raise UserError("eval.heldout_prompts, eval.loss_window and eval.batch_size must be >= 1")
-    if cfg.examples < 0:
-        raise UserError(f"examples must be >= 0 (0 = the whole alignment set), got {cfg.examples}")
+    if cfg.examples < 0 or cfg.prompt_limit < 0:
+        raise UserError(f"examples and prompt_limit must be >= 0 (0 = all), got {cfg.examples}, {cfg.prompt_limit}")
     if cfg.score:
         check_scorer_config(cfg.scorer)
 
@@ -148,6 +149,7 @@ def check(cfg: Config) -> Data:
     if n < cfg.slices:
         raise UserError(f"{cfg.slices} slices need at least {cfg.slices} alignment examples, got {n}")
     prompts = [r["prompt"] for r in load_records(cfg.prompts, ("prompt",), cfg.fields)]
+    prompts = prompts[: cfg.prompt_limit] if cfg.prompt_limit > 0 else prompts
     per_slice = (len(prompts) - ev.heldout_prompts) * cfg.policy.samples_per_prompt
     if per_slice < _batch(cfg.finetune):
         raise UserError(f"too few prompts for the slices: {cfg.prompts} has {len(prompts)} prompts, "
@@ -229,8 +231,9 @@ def slices_stage(cfg: Config, data: Data, seed: int, scorer, runs_root: Path) ->
         examples = _examples(tok, [data.alignment[i] for i in order], tcfg.max_length, "alignment")
         print(f"[resistance] seed {seed}: alignment SFT on {len(examples)} examples, slices after "
               f"{list(data.marks)}", file=sys.stderr)
-        run.write_json("align_summary.json", train(model, tok, examples, tcfg, run, progress_bar=False))
-        shutil.rmtree(run.file("model"), ignore_errors=True)  # = the last slice's checkpoint
+        # no final model: it is the last slice's checkpoint
+        run.write_json("align_summary.json", train(model, tok, examples, tcfg, run, progress_bar=False,
+                                                   save_final=False))
 
         prompts = data.prompts + data.heldout_prompts
         models = _Models(cfg, run, data)
@@ -255,8 +258,9 @@ def slices_stage(cfg: Config, data: Data, seed: int, scorer, runs_root: Path) ->
         _controls(cfg, data, run, tok, seed, models)
 
     key = {"align": to_dict(tcfg), "examples": data.examples, "slices": cfg.slices, "policy": to_dict(policy),
-           "heldout_prompts": cfg.eval.heldout_prompts, "fields": to_dict(cfg.fields), "finetune_max_length":
-           cfg.finetune.max_length, "score": to_dict(cfg.scorer) if cfg.score else None}
+           "prompt_limit": cfg.prompt_limit, "heldout_prompts": cfg.eval.heldout_prompts,
+           "fields": to_dict(cfg.fields), "finetune_max_length": cfg.finetune.max_length,
+           "score": to_dict(cfg.scorer) if cfg.score else None}
     inputs = {"base": cfg.model, "alignment": cfg.alignment, "prompts": cfg.prompts}
     return run_stage(runs_root, "resistance-slices", key, inputs, work, seed=seed, quiet=True)
 
@@ -297,7 +301,7 @@ def path_stage(cfg: Config, data: Data, seed: int, k: int, l: int, direction: st
                runs_root: Path) -> Run:
     """Forward: theta_k fine-tuned on D_l. Inverse: theta_l fine-tuned on D_k. Same settings, order and steps."""
     from elasticity.experiments.measurement import nll_and_kl
-    from elasticity.train.loop import evaluate, train
+    from elasticity.train.loop import train
 
     start, target = (k, l) if direction == "forward" else (l, k)
     # shuffle with the seed: both directions get the same permutation of prompt indices (the D's line up)
@@ -312,11 +316,10 @@ def path_stage(cfg: Config, data: Data, seed: int, k: int, l: int, direction: st
         model.train()
         records = read_jsonl(slices.file(f"data-{target}.jsonl"))
         examples = _examples(tok, records, tcfg.max_length, f"D_{target}")
-        summary = train(model, tok, examples, tcfg, run, progress_bar=False)
+        summary = train(model, tok, examples, tcfg, run, progress_bar=False, save_final=cfg.keep_models)
         model.eval()
         pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
         bs = cfg.eval.batch_size
-        end_nats, end_count = evaluate(model, examples, pad, bs)  # the whole target set, after the last step
         held = _examples(tok, read_jsonl(slices.file(f"heldout-{target}.jsonl")), tcfg.max_length, "held-out")
         target_model, _ = _load(_model_source(cfg, slices, target, data), cfg)
         _, kl_end, count = nll_and_kl(target_model, model, held, pad, bs)
@@ -327,7 +330,6 @@ def path_stage(cfg: Config, data: Data, seed: int, k: int, l: int, direction: st
         run.write_json("path.json", {
             "seed": seed, "k": k, "l": l, "direction": direction, "start": start, "target": target,
             "steps": summary["steps"], "examples": summary["examples"], "tokens": summary["tokens"],
-            "end_loss": end_nats / end_count,  # the fine-tuned model's loss on its whole training set D_target
             "kl_target_end": kl_end / count,  # KL(theta_target || fine-tuned), target's held-out answers
             "kl_moved": moved / count,  # KL(fine-tuned || start model) on the same answers
             "heldout_loss_end": nats / count,  # the fine-tuned model's loss on them

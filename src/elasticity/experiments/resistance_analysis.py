@@ -77,7 +77,6 @@ def pair_row(seed: int, k: int, l: int, curves: dict[str, list[float]], window: 
         row[f"kl_left_{d}"] = e["kl_target_end"] / kl[(target, start)] if kl[(target, start)] > 0 else math.nan
         row[f"kl_moved_{d}"] = e["kl_moved"]
         row[f"heldout_loss_{d}"] = e["heldout_loss_end"]
-        row[f"end_loss_{d}"] = e["end_loss"]  # in-sample: the whole training set after the last step
         for key in ("steps", "examples", "tokens"):
             row[f"{key}_{d}"] = e[key]
     row["kl_end_difference"] = row["kl_end_forward"] - row["kl_end_inverse"]

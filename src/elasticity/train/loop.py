@@ -187,6 +187,7 @@ def train(
     evals: dict[str, list[Example]] | None = None,
     on_step: Callable[[Progress, object], None] | None = None,
     progress_bar: bool = True,
+    save_final: bool = True,
 ) -> dict:
     """Train `model` in place on `examples`; write metrics, checkpoints and the final model into `run`.
 
@@ -198,6 +199,7 @@ def train(
         run: the run directory; `resume.pt` there, if present, is resumed from.
         evals: named evaluation sets, scored at start, every `eval_every` steps and at the end.
         on_step: called after every optimizer step with (progress, unwrapped model), e.g. for snapshots.
+        save_final: write the final model to `run/model` (off when the caller keeps only measurements).
 
     Returns:
         A summary dict (steps, examples, tokens, final train loss, last evaluation).
@@ -311,7 +313,8 @@ def train(
             _save_resume(run, model, optimizer, scheduler, progress, accelerator)
     bar.close()
 
-    _save_model(model, tok, run.file("model"), accelerator, progress)
+    if save_final:
+        _save_model(model, tok, run.file("model"), accelerator, progress)
     if accelerator.is_main_process:
         run.file("resume.pt").unlink(missing_ok=True)
     elapsed = time.perf_counter() - t0
