@@ -234,6 +234,7 @@ def slices_stage(cfg: Config, data: Data, seed: int, scorer, runs_root: Path) ->
         # no final model: it is the last slice's checkpoint
         run.write_json("align_summary.json", train(model, tok, examples, tcfg, run, progress_bar=False,
                                                    save_final=False))
+        del model  # the slices are read back from their checkpoints
 
         prompts = data.prompts + data.heldout_prompts
         models = _Models(cfg, run, data)
