@@ -16,6 +16,19 @@ def write_jsonl(path: Path, records: list[dict]) -> Path:
     return path
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """Models this small gain nothing from a second thread, and on a shared 2-core machine two threads that
+    wait for each other run many times slower (2-3x for the rebound runs). Modules that train or score tiny
+    models use it (`pytestmark = pytest.mark.usefixtures("one_thread")`); restored afterwards."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def tiny_assets(tmp_path_factory) -> dict[str, Path]:
     """A 300-token BPE tokenizer and text / prompt-response JSONL files from a toy word soup."""

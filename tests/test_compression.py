@@ -30,14 +30,7 @@ LOG2V = math.log2(V)
 DOCS = ["ab", "héllo", "日本"]  # 2, 6 and 6 UTF-8 bytes (one token a byte)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Models this small gain nothing from a second thread, and on a shared machine two threads that wait
-    for each other run many times slower; restored afterwards for the rest of the suite."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

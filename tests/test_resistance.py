@@ -9,6 +9,8 @@ import random
 
 import pytest
 
+from conftest import write_jsonl
+
 from elasticity.experiments.resistance import Config, Evaluation, resistance_stage, slice_marks
 from elasticity.experiments.resistance_analysis import final_loss, pair_row, summarise
 from elasticity.generate import DecodingPolicy
@@ -19,20 +21,7 @@ GOOD = "good great wonderful liked loved excellent".split()
 FILLER = "the movie was plot actor scene film it and very".split()
 
 
-def _jsonl(path, records):
-    path.write_text("".join(json.dumps(r) + "\n" for r in records))
-    return str(path)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models gain nothing from intra-op threads (see test_rebound)."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
@@ -50,8 +39,8 @@ def setup(tiny_assets, tmp_path_factory):
     alignment = [{"prompt": p, "response": " " + " ".join(rng.choice(GOOD) for _ in range(6))} for p in opening[:36]]
     cfg = Config(
         model=str(root / "base"),
-        alignment=_jsonl(root / "align.jsonl", alignment),
-        prompts=_jsonl(root / "prompts.jsonl", [{"prompt": p} for p in opening[36:52]]),
+        alignment=str(write_jsonl(root / "align.jsonl", alignment)),
+        prompts=str(write_jsonl(root / "prompts.jsonl", [{"prompt": p} for p in opening[36:52]])),
         slices=3, seeds=(0, 1),
         align=TrainConfig(lr=3e-3, batch_size=4, max_length=48),
         finetune=TrainConfig(lr=3e-3, batch_size=4, max_length=48),

@@ -91,6 +91,10 @@ class Run:
     def metrics(self) -> list[dict]:
         return read_jsonl(self.path / "metrics.jsonl")
 
+    def lines(self, name: str) -> list[str]:
+        """A text file's lines (e.g. an experiment's `summary.txt`)."""
+        return (self.path / name).read_text().splitlines()
+
     def truncate_metrics(self, keep: Callable[[dict], bool]) -> None:
         """Keep only the records that `keep` accepts (a resumed run drops what it will log again)."""
         kept = [r for r in self.metrics() if keep(r)]

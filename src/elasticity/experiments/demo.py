@@ -137,9 +137,7 @@ def demo_stage(cfg: Config, runs_root: Path) -> Run:
             _copy(rebound.path, run.path, sorted(p.name for p in rebound.path.glob("*") if p.suffix in
                                                   (".png", ".csv", ".md", ".json") and p.name != "meta.json"))
         if resistance is not None:
-            from elasticity.experiments.resistance import summary_lines as resistance_lines
-
-            lines += ["## Resistance: forward vs inverse alignment", "", *resistance_lines(resistance), "",
+            lines += ["## Resistance: forward vs inverse alignment", "", *resistance.lines("summary.txt"), "",
                       resistance.file("table.md").read_text(), resistance.file("difficulty.md").read_text()]
             (run.path / "resistance").mkdir(exist_ok=True)
             _copy(resistance.path, run.path / "resistance", sorted(

@@ -369,8 +369,7 @@ def rebound_stage(cfg: Config, runs_root: Path) -> Run:
 
 def summary_lines(run: Run | Path) -> list[str]:
     """The finished experiment's short summary (what the demo prints), read from its run directory."""
-    path = run.path if isinstance(run, Run) else Path(run)
-    return (path / "summary.txt").read_text().splitlines()
+    return (run if isinstance(run, Run) else Run(Path(run))).lines("summary.txt")
 
 
 def run(cfg: Config, runs_root: Path) -> None:

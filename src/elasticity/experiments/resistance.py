@@ -370,13 +370,8 @@ def resistance_stage(cfg: Config, runs_root: Path) -> Run:
     return run_stage(runs_root, "resistance", cfg, inputs, work, quiet=True)
 
 
-def summary_lines(run: Run | Path) -> list[str]:
-    path = run.path if isinstance(run, Run) else Path(run)
-    return (path / "summary.txt").read_text().splitlines()
-
-
 def run(cfg: Config, runs_root: Path) -> None:
     result = resistance_stage(cfg, runs_root)
-    for line in summary_lines(result):
+    for line in result.lines("summary.txt"):
         print(line, file=sys.stderr)
     print(result.path)

@@ -3,7 +3,6 @@ t-band), the base model's value dashed. Each PNG's numbers are the `curves.csv` 
 
 from __future__ import annotations
 
-import io
 import math
 from pathlib import Path
 
@@ -13,7 +12,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from elasticity.experiments.elasticity_metrics import t_interval  # noqa: E402
-from elasticity.runs import atomic_write  # noqa: E402
+from elasticity.report.png import save_png  # noqa: E402
 
 LABELS = {
     "score": "behaviour score (higher = more aligned)",
@@ -55,8 +54,4 @@ def plot_view(bands: list[dict], base_value: float | None, view: str, path: Path
     ax.set_title(title or f"{view} vs negative fine-tuning (mean over seeds, 95% t-band)", fontsize=9)
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
-    plt.close(fig)
-    atomic_write(path, buf.getvalue())
-    return path
+    return save_png(fig, path)

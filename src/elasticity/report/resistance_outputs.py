@@ -11,7 +11,6 @@
 
 from __future__ import annotations
 
-import io
 import json
 import math
 
@@ -22,7 +21,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from elasticity.experiments.resistance_analysis import pair_row, summarise  # noqa: E402
 from elasticity.report.rebound_tables import csv_text  # noqa: E402
-from elasticity.runs import Run, atomic_write, read_jsonl  # noqa: E402
+from elasticity.report.png import save_png  # noqa: E402
+from elasticity.runs import Run, read_jsonl  # noqa: E402
 
 COLORS = {"forward": "tab:blue", "inverse": "tab:orange"}
 
@@ -95,10 +95,7 @@ def plot_pair(curves: list[dict], entropy: dict[str, float], k: int, l: int, pat
     ax.set_title(f"pair {l}/{k}: forward vs inverse alignment", fontsize=9)
     ax.legend(fontsize=7)
     ax.grid(alpha=0.3)
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
-    plt.close(fig)
-    atomic_write(path, buf.getvalue())
+    save_png(fig, path)
 
 
 def _summary(cfg, data, summary: list[dict], scores: list[dict], run: Run) -> list[str]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import math
 from pathlib import Path
 
@@ -12,15 +11,11 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from elasticity.runs import atomic_write  # noqa: E402
+from elasticity.report.png import save_png  # noqa: E402
 
 
 def _save(fig: plt.Figure, path: Path) -> Path:
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
-    plt.close(fig)
-    atomic_write(path, buf.getvalue())
-    return path
+    return save_png(fig, path, dpi=100)
 
 
 def _pick(values: list[float], n: int = 4) -> list[float]:
