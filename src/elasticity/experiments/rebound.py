@@ -211,10 +211,9 @@ def _inputs(cfg: Config) -> dict:
 
 def _load(source: str, cfg: Config):
     """A model on the measuring device (training moves it where accelerate says)."""
-    from elasticity.models.hf import load_causal_lm, resolve_device
+    from elasticity.models.hf import load_causal_lm
 
-    model, tok = load_causal_lm(source, cfg.trust_remote_code)
-    return model.to(resolve_device(cfg.device)), tok
+    return load_causal_lm(source, cfg.trust_remote_code, device=cfg.device)
 
 
 class _Kit:

@@ -35,14 +35,12 @@ from pathlib import Path
 from elasticity.config import to_dict
 from elasticity.data.records import Fields, load_records, write_jsonl
 from elasticity.errors import UserError
+from elasticity.experiments.rebound import PAPER_TRAIN, seed_order
 from elasticity.generate import DecodingPolicy
 from elasticity.runs import Run, read_jsonl, run_stage
 from elasticity.scorers import ScorerConfig, build_scorer, check_scorer_config
 from elasticity.train.loop import TrainConfig
 
-# The paper's fine-tuning recipe (see `rebound.PAPER_TRAIN`): one epoch, constant lr 1e-5, AdamW (0.9, 0.95).
-PAPER_TRAIN = TrainConfig(lr=1e-5, betas=(0.9, 0.95), weight_decay=0.0, schedule="constant", warmup_steps=0,
-                          batch_size=8, grad_accum=1, epochs=1, max_length=512, log_every=1)
 DIRECTIONS = ("forward", "inverse")
 
 
@@ -167,7 +165,7 @@ def check(cfg: Config) -> Data:
 
 
 def _policy(cfg: Config, seed: int) -> DecodingPolicy:
-    """One sampling seed per experiment seed, shared by every model: D_0..D_n are paired draws."""
+    """One sampling seed per experiment seed, shared by every model: D_1..D_n are paired draws."""
     return dataclasses.replace(cfg.policy, seed=cfg.policy.seed + seed)
 
 
@@ -186,10 +184,10 @@ def _examples(tok, records: list[dict], max_length: int, name: str):
 
 
 def _load(source: str, cfg: Config):
-    from elasticity.models.hf import load_causal_lm, resolve_device
+    """A model in eval mode on the measuring device (training moves it where accelerate says)."""
+    from elasticity.models.hf import load_causal_lm
 
-    model, tok = load_causal_lm(source, cfg.trust_remote_code)
-    return model.to(resolve_device(cfg.device)).eval(), tok
+    return load_causal_lm(source, cfg.trust_remote_code, device=cfg.device)
 
 
 class _Models:
@@ -215,7 +213,6 @@ class _Models:
 
 def slices_stage(cfg: Config, data: Data, seed: int, scorer, runs_root: Path) -> Run:
     """Align once per seed with a checkpoint at every slice mark; every model answers the prompts; controls."""
-    from elasticity.experiments.rebound import seed_order
     from elasticity.train.loop import train
 
     tcfg = dataclasses.replace(cfg.align, seed=seed, shuffle=False, checkpoint_examples=data.marks)

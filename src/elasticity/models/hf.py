@@ -58,8 +58,8 @@ def load_tokenizer(source: str, trust_remote_code: bool = False):
     return tok
 
 
-def load_causal_lm(source: str, trust_remote_code: bool = False, dtype: str | None = None):
-    """Return (model, tokenizer) in eval mode on the CPU; the caller moves the model where it runs."""
+def load_causal_lm(source: str, trust_remote_code: bool = False, dtype: str | None = None, device: str | None = None):
+    """Return (model, tokenizer) in eval mode, on `device` (a `resolve_device` name) or else on the CPU."""
     import torch
     from transformers import AutoModelForCausalLM
 
@@ -78,4 +78,6 @@ def load_causal_lm(source: str, trust_remote_code: bool = False, dtype: str | No
     except (OSError, ValueError) as e:
         raise UserError(f"cannot load a causal LM from '{source}': {str(e).splitlines()[0]}") from None
     model.eval()
+    if device is not None:
+        model.to(resolve_device(device))
     return model, load_tokenizer(source, trust_remote_code)
