@@ -73,7 +73,7 @@ def main() -> None:
     from lm_eval.api.metrics import bits_per_byte
     from lm_eval.models.huggingface import HFLM
 
-    from elasticity.compression import document_nats, rolling_nll
+    from elasticity.codelength import document_nats, rolling_nll
     from elasticity.models.hf import load_causal_lm
     from elasticity.models.tiny import build_tiny_model, count_parameters, train_tokenizer
 

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from elasticity.cli import main
-from elasticity.compression import (
+from elasticity.codelength import (
     Totals,
     document_nats,
     response_kl,

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from elasticity.data.batching import collate, pack, plan_steps
+from elasticity.data.batching import collate, plan_steps
 from elasticity.data.records import Fields, load_records
-from elasticity.data.tokenize import IGNORE, Example, encode_pair, encode_text, tokenize_records
+from elasticity.data.tokenize import IGNORE, Example, encode_pair, encode_text, pack_blocks, tokenize_records
 from elasticity.errors import UserError
 
 
@@ -43,7 +43,7 @@ def test_truncation_is_counted_and_logged(word_tok, capsys):
 
 def test_packing_wastes_nothing_and_batches_respect_boundaries():
     docs = [Example(list(range(n)), list(range(n))) for n in (5, 7, 3, 9)]
-    blocks = pack(docs, 4)
+    blocks = pack_blocks(docs, 4)
     assert len(blocks) == 6 and all(len(b.input_ids) == 4 for b in blocks)
     steps = plan_steps(docs * 5, list(range(20)), micro_batch=2, grad_accum=2, boundaries=(6,))
     sizes = [sum(len(m) for m in s.micro_batches) for s in steps]

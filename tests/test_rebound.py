@@ -11,10 +11,10 @@ import re
 import pytest
 
 from elasticity.experiments import elasticity_metrics as em
-from elasticity.experiments.measurement import clustered_mean_se
 from elasticity.experiments.rebound import Config, Evaluation, Metrics, rebound_stage
 from elasticity.generate import DecodingPolicy
 from elasticity.scorers import ScorerConfig
+from elasticity.stats import clustered_mean_se
 from elasticity.train.loop import TrainConfig
 
 GOOD = "good great wonderful liked loved excellent".split()
@@ -185,8 +185,8 @@ def test_nested_snapshot_equals_separate_run(full, setup):
 @pytest.mark.slow
 def test_outputs_and_token_saving(full, setup):
     """Tidy rows, metric files and figures exist; the saving is recomputed from the data by hand."""
-    from elasticity.data.tokenize import encode_pair
     from elasticity.data.records import load_records
+    from elasticity.data.tokenize import encode_pair
     from elasticity.experiments.rebound import seed_order
     from elasticity.models.hf import load_tokenizer
 

@@ -8,7 +8,6 @@ import math
 import random
 
 import pytest
-
 from conftest import write_jsonl
 
 from elasticity.experiments.resistance import Config, Evaluation, resistance_stage, slice_marks

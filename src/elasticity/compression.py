@@ -9,8 +9,8 @@ For each dataset (records with `text`, or `prompt`/`response`):
   teacher-forced, KL(model || reference) by default.
 
 Nats and counts are summed over the dataset and divided once. Writes a `compress-<hash>` run directory with
-`<dataset-stem>.json` per dataset and `results.json`, and prints the rates. The Python API the experiments
-call with an already-loaded model is re-exported here: `rolling_nll`, `response_nll`, `response_kl`, `Totals`.
+`<dataset-stem>.json` per dataset and `results.json`, and prints the rates. The Python API for an
+already-loaded model is `elasticity.codelength` (`rolling_nll`, `response_nll`, `response_kl`, `Totals`).
 """
 
 from __future__ import annotations
@@ -22,21 +22,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from elasticity.codelength import Totals, encode_documents, encode_responses, model_max_length, score_sequences
 from elasticity.data.records import HUB_PREFIX, Fields, load_records
 from elasticity.errors import UserError
-from elasticity.likelihood import (  # noqa: F401 - the public API of this module
-    LN2,
-    Totals,
-    document_nats,
-    encode_documents,
-    encode_responses,
-    model_max_length,
-    response_kl,
-    response_nll,
-    rolling_nll,
-    rolling_windows,
-    score_sequences,
-)
 from elasticity.models.hf import resolve_device
 from elasticity.runs import Run, run_stage, stage_path
 

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import torch
 
+from elasticity.data.tokenize import pad_id
 from elasticity.errors import UserError
 
 
@@ -62,7 +63,6 @@ def generate(model, tok, prompts: list[str], policy: DecodingPolicy, indices: li
     policy.check()
     model.eval()
     device = next(model.parameters()).device
-    pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
     wanted = range(len(prompts)) if indices is None else indices
     encoded = {i: tok(prompts[i], add_special_tokens=True)["input_ids"] for i in wanted}
     rows = [(i, s) for i in wanted for s in range(policy.samples_per_prompt)]
@@ -70,18 +70,18 @@ def generate(model, tok, prompts: list[str], policy: DecodingPolicy, indices: li
     out = []
     for start in range(0, len(rows), policy.batch_size):
         batch = rows[start:start + policy.batch_size]
-        out += _generate_batch(model, tok, [encoded[i] for i, _ in batch], batch, policy, pad_id, device)
+        out += _generate_batch(model, tok, [encoded[i] for i, _ in batch], batch, policy, pad_id(tok), device)
     out.sort(key=lambda r: (r["prompt_index"], r["sample_index"]))
     for r in out:
         r["prompt"] = prompts[r["prompt_index"]]
     return out
 
 
-def _generate_batch(model, tok, ids: list[list[int]], rows, policy, pad_id, device) -> list[dict]:
+def _generate_batch(model, tok, ids: list[list[int]], rows, policy, pad, device) -> list[dict]:
     from transformers import DynamicCache
 
     width = max(len(x) for x in ids)
-    input_ids = torch.full((len(ids), width), pad_id, dtype=torch.long)
+    input_ids = torch.full((len(ids), width), pad, dtype=torch.long)
     mask = torch.zeros((len(ids), width), dtype=torch.long)
     for r, x in enumerate(ids):  # left padding: every row's last prompt token sits at the same position
         input_ids[r, width - len(x):] = torch.tensor(x)
@@ -99,7 +99,7 @@ def _generate_batch(model, tok, ids: list[list[int]], rows, policy, pad_id, devi
         logits = model(input_ids=step_ids, attention_mask=mask, position_ids=step_pos,
                        use_cache=True, **{cache_arg: cache}).logits[:, -1]  # (B, V)
         token = _pick(logits.cpu(), policy, gens).to(device)
-        token = torch.where(done, torch.full_like(token, pad_id), token)
+        token = torch.where(done, torch.full_like(token, pad), token)
         new = torch.cat([new, token[:, None]], dim=1)
         done |= token == tok.eos_token_id
         if bool(done.all()):
@@ -132,7 +132,8 @@ class Config:
 
 def generate_stage(cfg: Config, runs_root: Path):
     """Run (or reuse) the generate stage: `samples.jsonl` plus the policy in `policy.json`."""
-    from elasticity.data.records import Fields, load_records, write_jsonl
+    from elasticity.data.records import Fields, load_records
+    from elasticity.files import write_jsonl
     from elasticity.models.hf import load_causal_lm, resolve_model_source
     from elasticity.runs import run_stage
 

@@ -1,334 +1,275 @@
-"""Code lengths of text under a causal LM: rolling log-likelihood, response-only rates, KL to a reference.
+"""The one teacher-forced kernel: per-token NLL and KL of any batch under a causal LM, in chunks of positions.
 
-Every target token is predicted exactly once. A sequence longer than the model's context is cut into
-windows with the semantics of lm-evaluation-harness's `loglikelihood_rolling` (`get_rolling_token_windows`
-+ `make_disjoint_window`, context_len 1): the targets are taken in consecutive blocks of `max_length`, and
-each block is scored by one forward pass over the `max_length` tokens that end just before its last target
-(or from the sequence's start). A document is `[prefix] + tokens`, where the prefix is the tokenizer's BOS
-(EOS if it has none) and `tokens` is the text encoded without special tokens (lm-eval's HFLM with
-`add_bos_token=False`; for tokenizers that add nothing, such as GPT-2's or ours, its default too).
+Every number the toolkit derives from a model's next-token distribution (the training loss, rebound's
+bits/token and KL to the base, resistance's losses and distances, the pre-training table, `compress`) is
+computed by `token_scores`. It runs the model's backbone once over the batch and its output head on chunks of
+positions, so that a batch's full-vocabulary float32 logits never exist at once: a chunk holds at most
+`chunk_floats` logits (256 MB of float32 by default; Qwen's 151,936-token vocabulary at 8 x 512 positions
+would be 2.5 GB a tensor). A batch that fits in one chunk is computed exactly as the model's own forward
+computes it (the same operations on the same tensors), so chunking changes no number of a small model.
 
-Nats and counts are summed over everything and divided once (nanochat's `evaluate_bpb`):
-
-    bits/token = sum nats / (tokens * ln 2)        bits/byte = sum nats / (UTF-8 bytes * ln 2)
-
-Windows from all sequences are sorted by length and batched, so padding is only what batching needs;
-right padding needs no attention mask in a causal model, and logits are computed only where they are scored.
+Conventions:
+    targets[b, j] is the token that input position `offset + j` predicts (IGNORE where there is none), so a
+    language-model batch passes `labels[:, 1:]` with offset 0;
+    KL "forward" is KL(model || reference) = sum_v p(v) (ln p(v) - ln q(v)), p = model, q = reference;
+    "reverse" swaps p and q; 0 log 0 = 0 (a token the first distribution gives no mass costs nothing).
 """
 
 from __future__ import annotations
 
 import inspect
-import math
-import sys
-from collections.abc import Iterator, Mapping, Sequence
+import weakref
 from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Literal
 
-import numpy as np
+import torch
+from torch.utils.checkpoint import checkpoint
 
-from elasticity.data.tokenize import IGNORE, encode_pair
+from elasticity.data.batching import collate
+from elasticity.data.tokenize import IGNORE, Example
+from elasticity.stats import LN2
 
-LN2 = math.log(2)
 Direction = Literal["forward", "reverse"]
+CHUNK_FLOATS = 2**26  # logits one chunk may hold (each same-sized temporary too): 256 MB of float32
+
+_PARTS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> (backbone, head) or None
 
 
 @dataclass(frozen=True)
-class Totals:
-    """Summed nats and counts; rates are derived by dividing once.
+class TokenScores:
+    """Per-position numbers of one batch: (B, P) tensors, 0 where there is no target."""
 
-    Example: two documents of 3 and 5 UTF-8 bytes, 2 and 4 target tokens, costing 2.0 and 4.0 nats:
-
-    >>> t = Totals(nats=2.0, tokens=2, bytes=3, docs=1) + Totals(nats=4.0, tokens=4, bytes=5, docs=1)
-    >>> round(t.bits_per_token, 6), round(t.bits_per_byte, 6)   # 6/(6 ln 2), 6/(8 ln 2)
-    (1.442695, 1.082021)
-
-    For a KL result `nats` holds the summed per-token divergence, so `nats_per_token` is the mean KL.
-    """
-
-    nats: float = 0.0
-    tokens: int = 0
-    bytes: int = 0
-    docs: int = 0
-
-    def __add__(self, other: Totals) -> Totals:
-        return Totals(self.nats + other.nats, self.tokens + other.tokens, self.bytes + other.bytes,
-                      self.docs + other.docs)
-
-    @property
-    def nats_per_token(self) -> float:
-        return self.nats / self.tokens if self.tokens else math.nan
-
-    @property
-    def bits_per_token(self) -> float:
-        return self.nats / (self.tokens * LN2) if self.tokens else math.nan
-
-    @property
-    def bits_per_byte(self) -> float:
-        return self.nats / (self.bytes * LN2) if self.bytes else math.nan
-
-    def to_dict(self) -> dict:
-        return {
-            "nats": self.nats, "tokens": self.tokens, "bytes": self.bytes, "docs": self.docs,
-            "nats_per_token": self.nats_per_token, "bits_per_token": self.bits_per_token,
-            "bits_per_byte": self.bits_per_byte,
-        }
+    nll: torch.Tensor  # nats; carries the gradient when the kernel ran with grad enabled
+    kl: torch.Tensor | None  # nats, if a reference was given
+    mask: torch.Tensor  # True at target positions
 
 
-def rolling_windows(n: int, start: int, max_length: int) -> list[tuple[int, int, int]]:
-    """Windows `(lo, t, end)` that predict each target `seq[start:n]` exactly once.
-
-    The model reads `seq[lo:end-1]` (at most `max_length` tokens) and its last `end - t` positions score the
-    targets `seq[t:end]`. Blocks of `max_length` targets follow each other; each block reads the
-    `max_length` tokens ending just before its last target, which is lm-eval's rolling window.
-
-    Example: a document `a b c d e` with prefix `P`, so `seq = P a b c d e` (n=6, start=1), context 2:
-
-    >>> rolling_windows(6, 1, 2)
-    [(0, 1, 3), (2, 3, 5), (3, 5, 6)]
-
-    i.e. `P a` scores `a b`; `b c` scores `c d`; `c d` scores only `e`.
-    """
-    if start < 1 or max_length < 1:
-        raise ValueError("the first target needs a token before it (start >= 1) and max_length >= 1")
-    out = []
-    t = start
-    while t < n:
-        end = min(t + max_length, n)
-        out.append((max(0, end - 1 - max_length), t, end))
-        t = end
-    return out
+def _language_model(model):
+    """The causal LM inside a peft wrapper (its LoRA layers are in place), or the model itself."""
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
 
 
-def model_max_length(model, tok=None) -> int:
-    """The model's context length: its config (text_config first), else the tokenizer's, as lm-eval does."""
-    configs = [getattr(model.config, "text_config", None), model.config]
-    for cfg in configs:
-        for attr in ("n_positions", "max_position_embeddings", "n_ctx"):
-            value = getattr(cfg, attr, None) if cfg is not None else None
-            if isinstance(value, int) and value > 0:
-                return value
-    value = getattr(tok, "model_max_length", None)
-    if isinstance(value, int) and 0 < value < 10**9:  # HF's "unset" is a huge sentinel
-        return value
-    raise ValueError("cannot tell the model's context length; pass max_length")
-
-
-def _prefix_id(tok) -> int:
-    return tok.bos_token_id if tok.bos_token_id is not None else tok.eos_token_id
-
-
-def _accepts(model, name: str) -> bool:
+def _takes(module, name: str) -> bool:
     try:
-        return name in inspect.signature(model.forward).parameters
+        return name in inspect.signature(module.forward).parameters
     except (TypeError, ValueError):
         return False
 
 
-def _logits(model, ids, keep: int):
-    """Logits for the last `keep` positions of `ids` (B, T) -> (B, keep, V), computing no more if we can."""
-    kwargs = {"use_cache": False} if _accepts(model, "use_cache") else {}
-    if _accepts(model, "logits_to_keep"):
-        kwargs["logits_to_keep"] = keep
-    return model(input_ids=ids, **kwargs).logits[:, -keep:]
+def _hidden(backbone, input_ids, attention_mask):
+    kwargs = {"use_cache": False} if _takes(backbone, "use_cache") else {}
+    return backbone(input_ids=input_ids, attention_mask=attention_mask, **kwargs).last_hidden_state  # (B, T, H)
 
 
-def _device(model):
-    return next(model.parameters()).device
+def _head_function(lm):
+    head = lm.get_output_embeddings()
+    cfg = lm.config.get_text_config() if hasattr(lm.config, "get_text_config") else lm.config
+    cap = getattr(cfg, "final_logit_softcapping", None)  # Gemma 2 and 3 squash their logits
+    if not cap:
+        return head
+    return lambda h: torch.tanh(head(h) / cap) * cap
 
 
-def _batches(items: list[tuple], budget: int, min_fill: float = 0.9) -> Iterator[list[tuple]]:
-    """Consecutive runs of the (longest-first) windows: at most `budget` padded tokens a batch, at least
-    `min_fill` of them real. Short windows share a forward pass; a batch ends before padding grows."""
-    b = 0
-    while b < len(items):
-        width = items[b][0]
-        n, real = 1, width
-        while b + n < len(items) and (n + 1) * width <= budget:
-            if real + items[b + n][0] < min_fill * (n + 1) * width:
-                break
-            real += items[b + n][0]
-            n += 1
-        yield items[b:b + n]
-        b += n
+def _parts(model):
+    """(backbone, head function) whose composition is the model's logits, or None (then the model's own
+    forward gives full logits and only the float32 work is chunked).
+
+    The split is checked once per model on a two-token probe against the model's own logits, so an
+    architecture that scales its logits in a way not handled here falls back instead of going wrong.
+    """
+    lm = _language_model(model)
+    if lm in _PARTS:
+        return _PARTS[lm]
+    parts = None
+    backbone = getattr(lm, "base_model", None)
+    if backbone is not None and backbone is not lm and getattr(lm, "get_output_embeddings", lambda: None)():
+        head = _head_function(lm)
+        device = next(lm.parameters()).device
+        probe = torch.tensor([[0, 1]], device=device)
+        was_training = lm.training
+        lm.eval()  # no dropout in the comparison
+        try:
+            with torch.no_grad():
+                want = lm(input_ids=probe, use_cache=False).logits.float()
+                got = head(_hidden(backbone, probe, None)).float()
+        finally:
+            lm.train(was_training)
+        if got.shape == want.shape and torch.allclose(got, want, rtol=1e-5, atol=1e-6):
+            parts = (backbone, head)
+    _PARTS[lm] = parts
+    return parts
 
 
-def score_sequences(
-    model,
-    seqs: Sequence[Sequence[int]],
-    starts: Sequence[int],
-    max_length: int,
-    batch_size: int = 8,
-    bf16: bool = False,
-    reference=None,
-    direction: Direction = "forward",
-) -> tuple[np.ndarray, np.ndarray | None]:
-    """Per-sequence summed NLL (nats) of the targets `seq[start:]`, and the summed KL if `reference` is given.
+def _chunk_positions(rows: int, vocab: int, chunk_floats: int) -> int:
+    return max(1, chunk_floats // max(1, rows * vocab))
+
+
+def _chunks(model, input_ids, attention_mask, offset: int, width: int, chunk_floats: int):
+    """Yield (a, h, head, keep): the logits of target positions a .. a + keep are head(h)[:, :keep].
+
+    h is a slice of the final hidden states (or, for a model that cannot be split, of its full logits with
+    head = None). One chunk takes every position from `offset` on, as the model's own forward would.
+    """
+    parts = _parts(model)
+    if parts is None:
+        full = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
+        head, states, vocab = None, full, full.shape[-1]
+    else:
+        backbone, head = parts
+        states = _hidden(backbone, input_ids, attention_mask)  # (B, T, H)
+        vocab = _language_model(model).get_output_embeddings().weight.shape[0]
+    step = _chunk_positions(states.shape[0], vocab, chunk_floats)
+    if step >= width:
+        yield 0, states[:, offset:], head, width
+        return
+    for a in range(0, width, step):
+        keep = min(step, width - a)
+        yield a, states[:, offset + a:offset + a + keep], head, keep
+
+
+def _log_probs(h, head, keep: int) -> torch.Tensor:
+    return (h if head is None else head(h))[:, :keep].float().log_softmax(-1)  # (B, c, V)
+
+
+def kl_divergence(logp: torch.Tensor, logq: torch.Tensor) -> torch.Tensor:
+    """sum_v p (ln p - ln q) over the last axis, with 0 log 0 = 0 (a logit of -inf in p costs nothing).
+
+    >>> import math
+    >>> p, q = torch.tensor([0.5, 0.5, 0.0]).log(), torch.tensor([0.25, 0.75, 0.0]).log()
+    >>> round(kl_divergence(p, q).item(), 6), round(math.log(2) - 0.5 * math.log(3), 6)
+    (0.143841, 0.143841)
+    """
+    p = logp.exp()
+    return torch.where(p > 0, p * (logp - logq), 0.0).sum(-1)
+
+
+def _reference_log_probs(reference, input_ids, attention_mask, offset, width, chunk_floats, device):
+    """The reference's log-probabilities, chunk by chunk, on the model's device (never with a gradient)."""
+    ref_device = next(reference.parameters()).device
+    mask = attention_mask.to(ref_device) if attention_mask is not None else None
+    with torch.no_grad():
+        for a, h, head, keep in _chunks(reference, input_ids.to(ref_device), mask, offset, width, chunk_floats):
+            yield a, _log_probs(h, head, keep).to(device)
+
+
+def token_scores(model, input_ids: torch.Tensor, targets: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                 *, offset: int = 0, reference=None, direction: Direction = "forward",
+                 reference_cache: dict | None = None, bf16: bool = False,
+                 chunk_floats: int = CHUNK_FLOATS) -> TokenScores:
+    """Per-token NLL of `targets` under `model` and, with a reference, the per-token KL between them.
 
     Args:
-        model: a Hugging Face causal LM (any device; inputs follow the model).
-        seqs: token id sequences; `starts[i]` is the index of the first target of `seqs[i]` (>= 1).
-        max_length: tokens one forward pass may read.
-        batch_size: full-length windows per forward pass; shorter windows fill the same token budget.
-        bf16: run the forward passes under bfloat16 autocast (log-probabilities stay float32).
-        reference: a second causal LM with the same tokenizer; teacher-forced on the same windows.
+        model: a Hugging Face causal LM (or a peft wrapper of one); the inputs follow its device.
+        input_ids: (B, T) token ids; right padding needs no `attention_mask` in a causal model.
+        targets: (B, P) with P <= T - offset: the token each input position offset + j predicts, or IGNORE.
+        attention_mask: (B, T), or None.
+        offset: the input position of targets[:, 0].
+        reference: a second causal LM on the same tokens (any device); teacher-forced on the same inputs.
         direction: "forward" for KL(model || reference), "reverse" for KL(reference || model).
+        reference_cache: a dict the caller keeps for this very batch: the reference's log-probabilities are
+            stored there on the first call and read back on later ones (the reference then does not run).
+        bf16: bfloat16 autocast for the forward passes (log-probabilities stay float32).
+        chunk_floats: the most logits one chunk may hold.
 
-    Returns:
-        (nats, kl): float64 arrays with one entry per sequence; kl is None without a reference.
+    With grad enabled (training) the NLL carries the gradient; when a batch takes several chunks, each one's
+    logits are recomputed in the backward pass rather than kept (activation checkpointing per chunk).
     """
-    import torch
-    import torch.nn.functional as F
-
-    # (input length, scored length, sequence, lo, t, end); sorted longest first so batches pad little
-    items = []
-    for i, (seq, start) in enumerate(zip(seqs, starts)):
-        for lo, t, end in rolling_windows(len(seq), start, max_length):
-            items.append((end - 1 - lo, end - t, i, lo, t, end))
-    items.sort(key=lambda w: (-w[0], -w[1]))
-    device = _device(model)
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else nullcontext()
-    nats_parts, kl_parts, owners = [], [], []
-    with torch.inference_mode(), autocast:
-        for batch in _batches(items, batch_size * max_length):
-            width = batch[0][0]
-            # windows of equal length need logits only over the longest scored tail; in a padded batch the
-            # tails end at different positions, so it keeps them all (such windows are short anyway)
-            keep = max(w[1] for w in batch) if all(w[0] == width for w in batch) else width
-            ids, labels = [], []
-            for n_in, n_sc, i, lo, t, end in batch:
-                seq = seqs[i]
-                ids.append(list(seq[lo:end - 1]) + [0] * (width - n_in))  # pad id is never scored
-                # target seq[t] is predicted at input position t-1-lo; the kept slice starts at width-keep
-                first = t - 1 - lo - (width - keep)
-                labels.append([IGNORE] * first + list(seq[t:end]) + [IGNORE] * (keep - first - n_sc))
-            ids_t = torch.tensor(ids, dtype=torch.long, device=device)  # (B, T)
-            labels_t = torch.tensor(labels, dtype=torch.long, device=device)  # (B, keep)
-            logits = _logits(model, ids_t, keep).float()  # (B, keep, V)
-            nll = F.cross_entropy(logits.flatten(0, 1), labels_t.flatten(), ignore_index=IGNORE, reduction="none")
-            nats_parts.append(nll.view(len(batch), keep).sum(1, dtype=torch.float64))
+    width = targets.shape[1]
+    mask = targets != IGNORE  # (B, P)
+    autocast = torch.autocast(input_ids.device.type, dtype=torch.bfloat16) if bf16 else nullcontext()
+    nll_parts, kl_parts = [], []
+    with autocast:
+        cached = reference is not None and reference_cache is not None and 0 in reference_cache
+        references = None
+        if reference is not None and not cached:
+            references = _reference_log_probs(reference, input_ids, attention_mask, offset, width, chunk_floats,
+                                              input_ids.device)
+        for a, h, head, keep in _chunks(model, input_ids, attention_mask, offset, width, chunk_floats):
+            tgt, m = targets[:, a:a + keep], mask[:, a:a + keep]
+            logq = None
             if reference is not None:
-                ref = _logits(reference, ids_t.to(_device(reference)), keep).float().to(device)
-                if ref.shape[-1] != logits.shape[-1]:
-                    raise ValueError(f"model and reference disagree on vocabulary size "
-                                     f"({logits.shape[-1]} vs {ref.shape[-1]})")
-                logp, logq = logits.log_softmax(-1), ref.log_softmax(-1)
-                if direction == "reverse":
-                    logp, logq = logq, logp
-                p = logp.exp()
-                kl = torch.where(p > 0, p * (logp - logq), 0.0).sum(-1)  # 0 log 0 = 0 where a logit is -inf
-                kl = torch.where(labels_t != IGNORE, kl, 0.0)  # (B, keep)
-                kl_parts.append(kl.sum(1, dtype=torch.float64))
-            owners.extend(w[2] for w in batch)
-    owner = np.asarray(owners, dtype=np.int64)
+                logq = reference_cache[a] if cached else next(references)[1]
+                if reference_cache is not None:
+                    reference_cache[a] = logq
 
-    def per_seq(parts):
-        vals = torch.cat(parts).cpu().numpy() if parts else np.zeros(0)  # one device sync at the end
-        return np.bincount(owner, weights=vals, minlength=len(seqs)).astype(np.float64)
+            def chunk(h, head=head, keep=keep, tgt=tgt, m=m, logq=logq):
+                logp = _log_probs(h, head, keep)
+                nll = torch.where(m, -logp.gather(-1, tgt.clamp(min=0)[..., None])[..., 0], 0.0)  # (B, c)
+                if logq is None:
+                    return nll, None
+                if logq.shape[-1] != logp.shape[-1]:
+                    raise ValueError(f"model and reference disagree on vocabulary size ({logp.shape[-1]} vs "
+                                     f"{logq.shape[-1]})")
+                first, second = (logp, logq) if direction == "forward" else (logq, logp)
+                return nll, torch.where(m, kl_divergence(first, second), 0.0)
 
-    return per_seq(nats_parts), (per_seq(kl_parts) if reference is not None else None)
-
-
-def encode_documents(tok, texts: Sequence[str]) -> tuple[list[list[int]], list[int]]:
-    """Each document as `[prefix] + tokens` (no special tokens added), its first target at index 1."""
-    encoded = tok(list(texts), add_special_tokens=False)["input_ids"] if len(texts) else []
-    prefix = _prefix_id(tok)
-    return [[prefix] + list(ids) for ids in encoded], [1] * len(encoded)
-
-
-def document_nats(model, tok, texts: Sequence[str], max_length: int | None = None, batch_size: int = 8,
-                  bf16: bool = False) -> tuple[np.ndarray, list[int]]:
-    """Per-document rolling NLL in nats and the number of tokens scored in each (lm-eval's semantics)."""
-    max_length = max_length or model_max_length(model, tok)
-    seqs, starts = encode_documents(tok, texts)
-    nats, _ = score_sequences(model, seqs, starts, max_length, batch_size, bf16)
-    return nats, [len(s) - 1 for s in seqs]
+            if torch.is_grad_enabled() and keep < width:
+                nll, kl = checkpoint(chunk, h, use_reentrant=False)
+            else:
+                nll, kl = chunk(h)
+            nll_parts.append(nll)
+            if kl is not None:
+                kl_parts.append(kl)
+    nll = torch.cat(nll_parts, 1) if len(nll_parts) > 1 else nll_parts[0]
+    kl = (torch.cat(kl_parts, 1) if len(kl_parts) > 1 else kl_parts[0]) if kl_parts else None
+    return TokenScores(nll, kl, mask)
 
 
-def rolling_nll(model, tok, texts: Sequence[str], max_length: int | None = None, batch_size: int = 8,
-                bf16: bool = False) -> Totals:
-    """Rolling code length of whole documents: every token predicted once, with lm-eval's windows.
+@dataclass(frozen=True)
+class Scored:
+    """Summed nats (and KL) over the target tokens of a set of examples; rates are derived by dividing once."""
 
-    Example: a model whose next-token distribution is uniform over V = 259 tokens costs ln 259 nats a token,
-    so a document of 6 tokens and 6 UTF-8 bytes (such as "héllo" under a byte-level tokenizer) gives
-    bits/token = log2(259) = 8.016808 and bits/byte = 6 log2(259) / 6 = 8.016808.
+    nats: float
+    kl: float
+    tokens: int
 
-    Args:
-        model: a Hugging Face causal LM (eval mode).
-        tok: its tokenizer.
-        texts: documents; bytes are counted as UTF-8.
-        max_length: tokens one forward pass may read (default: the model's context length).
-        batch_size: full-length windows per forward pass (shorter ones fill the same number of tokens).
-        bf16: bfloat16 autocast for the forward passes.
+    @property
+    def loss(self) -> float:
+        """Mean NLL per target token (nats): the training loop's loss on these examples."""
+        return self.nats / self.tokens
+
+    @property
+    def bits_per_token(self) -> float:
+        return self.nats / self.tokens / LN2
+
+    @property
+    def kl_per_token(self) -> float:
+        return self.kl / self.tokens
+
+
+@torch.inference_mode()
+def teacher_forced(model, examples: list[Example], pad: int, batch_size: int = 32, *, reference=None,
+                   direction: Direction = "forward", cache: dict | None = None, bf16: bool = False,
+                   accelerator=None) -> Scored:
+    """NLL of `model` (and its KL to `reference`) summed over the target tokens of tokenised examples.
+
+    Examples are sorted by length and right-padded in batches of `batch_size` (the training loop's `collate`),
+    so the loss of a set is exactly what training reports on it. `cache` (a dict the caller keeps for these
+    very examples) keeps the reference's log-probabilities, so that later calls run one model instead of two.
+    With an `accelerator`, the batches are shared out over its processes and the sums reduced.
+
+    Example: a reference identical to the model gives kl = 0 exactly, whatever the examples.
     """
-    nats, lengths = document_nats(model, tok, texts, max_length, batch_size, bf16)
-    return Totals(float(math.fsum(nats)), sum(lengths), sum(len(t.encode("utf-8")) for t in texts), len(texts))
-
-
-def _pair(p: tuple[str, str] | Mapping[str, str]) -> tuple[str, str]:
-    return (p["prompt"], p["response"]) if isinstance(p, Mapping) else (p[0], p[1])
-
-
-def encode_responses(tok, pairs: Sequence[tuple[str, str] | Mapping[str, str]]) -> tuple[list[list[int]], list[int]]:
-    """Each pair as `encode_pair` tokenises it (never truncated), and the index of its first response token."""
-    prefix = _prefix_id(tok)
-    seqs, starts = [], []
-    for p in pairs:
-        prompt, response = _pair(p)
-        ex = encode_pair(tok, prompt, response, max_length=sys.maxsize)
-        start = next(j for j, lab in enumerate(ex.labels) if lab != IGNORE)
-        ids = list(ex.input_ids)
-        if start == 0:  # an empty prompt without BOS: the first response token still needs a context
-            ids, start = [prefix] + ids, 1
-        seqs.append(ids)
-        starts.append(start)
-    return seqs, starts
-
-
-def _response_totals(values: np.ndarray, seqs, starts, pairs) -> Totals:
-    return Totals(
-        float(math.fsum(values)),
-        sum(len(s) - st for s, st in zip(seqs, starts)),
-        sum(len(_pair(p)[1].encode("utf-8")) for p in pairs),
-        len(pairs),
-    )
-
-
-def response_nll(model, tok, pairs: Sequence[tuple[str, str] | Mapping[str, str]], max_length: int | None = None,
-                 batch_size: int = 8, bf16: bool = False) -> Totals:
-    """Response-only code length: targets are the response tokens and the EOS after them, never the prompt.
-
-    Bytes are the UTF-8 bytes of the responses (EOS has none). A response longer than the context is
-    scored in rolling windows; one that fits reads as much of the prompt as fits before it.
-
-    Example: with a byte-level tokenizer (one token a byte) and no BOS, the pair ("ab", "héllo") has
-    2 prompt tokens and 6 response tokens + EOS = 7 targets over 6 bytes; a uniform model over 259 tokens
-    gives 7 ln 259 nats: bits/token = log2(259) = 8.016808, bits/byte = 7 log2(259) / 6 = 9.352943.
-    """
-    pairs = list(pairs)
-    max_length = max_length or model_max_length(model, tok)
-    seqs, starts = encode_responses(tok, pairs)
-    nats, _ = score_sequences(model, seqs, starts, max_length, batch_size, bf16)
-    return _response_totals(nats, seqs, starts, pairs)
-
-
-def response_kl(model, reference, tok, pairs: Sequence[tuple[str, str] | Mapping[str, str]],
-                max_length: int | None = None, batch_size: int = 8, bf16: bool = False,
-                direction: Direction = "forward") -> Totals:
-    """Per-token KL divergence between `model` and `reference` on response tokens, teacher-forced.
-
-    At each response target t with context c (the same windows as `response_nll`), with p = model and
-    q = reference, "forward" sums KL(p||q) = sum_v p(v|c) (ln p(v|c) - ln q(v|c)); "reverse" swaps them.
-    The result's `nats_per_token` is the mean divergence in nats, `bits_per_token` in bits.
-
-    Example: if at every target p = (1/2, 1/2) and q = (1/4, 3/4), KL(p||q) = ln 2 - 1/2 ln 3 = 0.143841
-    nats (0.207519 bits) per token, and KL(q||p) = 3/4 ln 3 - ln 2 = 0.130812 nats. KL of a model to itself is 0.
-
-    Both models must share `tok`; the caller checks that their tokenizers agree.
-    """
-    pairs = list(pairs)
-    max_length = max_length or model_max_length(model, tok)
-    seqs, starts = encode_responses(tok, pairs)
-    _, kl = score_sequences(model, seqs, starts, max_length, batch_size, bf16, reference, direction)
-    return _response_totals(kl, seqs, starts, pairs)
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    order = sorted(range(len(examples)), key=lambda i: len(examples[i].input_ids))
+    rank, world = (accelerator.process_index, accelerator.num_processes) if accelerator else (0, 1)
+    starts = list(range(0, len(order), batch_size))[rank::world]
+    totals = torch.zeros(3, dtype=torch.float64, device=device)  # nats, kl, targets
+    for start in starts:
+        batch = {k: v.to(device) for k, v in collate([examples[i] for i in order[start:start + batch_size]],
+                                                      pad).items()}
+        scores = token_scores(model, batch["input_ids"], batch["labels"][:, 1:], batch["attention_mask"],
+                              reference=reference, direction=direction, bf16=bf16,
+                              reference_cache=None if cache is None else cache.setdefault(start, {}))
+        totals[0] += scores.nll.sum(dtype=torch.float64)
+        if scores.kl is not None:
+            totals[1] += scores.kl.sum(dtype=torch.float64)
+        totals[2] += scores.mask.sum()
+    if world > 1:
+        totals = accelerator.reduce(totals, reduction="sum")
+    model.train(was_training)
+    nats, kl, tokens = totals.tolist()
+    return Scored(nats, kl, int(tokens))

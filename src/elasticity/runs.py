@@ -15,13 +15,10 @@ Every file is written atomically (temp file + rename), so a crash never leaves h
 from __future__ import annotations
 
 import hashlib
-import json
-import os
 import platform
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,33 +26,10 @@ from typing import Any, Callable
 
 from elasticity.config import config_hash, dump_yaml, to_dict
 from elasticity.errors import UserError
+from elasticity.files import append_jsonl, atomic_write, jsonl_text, read_jsonl, write_json
 
 DONE = "DONE"
 _LIBRARIES = ("torch", "transformers", "accelerate", "peft", "tokenizers", "datasets", "numpy")
-
-
-def atomic_write(path: Path, data: str | bytes) -> None:
-    """Write `data` to `path` through a temp file in the same directory and an atomic rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data.encode() if isinstance(data, str) else data)
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600 files; results are meant to be read by others
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def write_json(path: Path, obj: Any) -> None:
-    atomic_write(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
-
-
-def read_jsonl(path: Path) -> list[dict]:
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
 @dataclass(frozen=True)
@@ -85,8 +59,7 @@ class Run:
 
     def log(self, record: dict) -> None:
         """Append one record to metrics.jsonl (a line is written whole by a single write call)."""
-        with open(self.path / "metrics.jsonl", "a") as f:
-            f.write(json.dumps(record) + "\n")
+        append_jsonl(self.path / "metrics.jsonl", record)
 
     def metrics(self) -> list[dict]:
         return read_jsonl(self.path / "metrics.jsonl")
@@ -98,7 +71,7 @@ class Run:
     def truncate_metrics(self, keep: Callable[[dict], bool]) -> None:
         """Keep only the records that `keep` accepts (a resumed run drops what it will log again)."""
         kept = [r for r in self.metrics() if keep(r)]
-        atomic_write(self.path / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in kept))
+        atomic_write(self.path / "metrics.jsonl", jsonl_text(kept))
 
 
 def _sha256_file(path: Path, limit: int | None = None) -> str:

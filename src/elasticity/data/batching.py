@@ -1,11 +1,9 @@
 """Turn examples into padded micro-batches with little waste, in an order fixed by the seed.
 
-Two ways to keep padding low:
-- `pack`: language-model documents are concatenated (each already BOS ... EOS) and cut into full blocks:
-  zero padding. Used for pre-training.
-- `bucket`: SFT examples keep their identity (prompt masks must survive), so we pad per micro-batch and,
-  optionally, sort by length inside windows of `bucket` optimizer steps. Windows are whole optimizer steps,
-  so training on the first q examples is still a prefix of training on more whenever q ends a window.
+Language-model documents are packed into full blocks when they are tokenised (`tokenize.pack`: zero
+padding). SFT examples keep their identity (prompt masks must survive), so they are padded per micro-batch
+and, with `bucket`, sorted by length inside windows of `bucket` optimizer steps. Windows are whole optimizer
+steps, so training on the first q examples is still a prefix of training on more whenever q ends a window.
 """
 
 from __future__ import annotations
@@ -16,13 +14,6 @@ from dataclasses import dataclass
 import torch
 
 from elasticity.data.tokenize import IGNORE, Example
-
-
-def pack(examples: list[Example], block: int) -> list[Example]:
-    """Concatenate documents and cut full blocks of `block` tokens (a short tail is dropped and counted)."""
-    stream = [t for ex in examples for t in ex.input_ids]
-    n = len(stream) // block
-    return [Example(stream[i * block:(i + 1) * block], stream[i * block:(i + 1) * block]) for i in range(n)]
 
 
 def ordered_indices(n: int, seed: int, shuffle: bool) -> list[int]:

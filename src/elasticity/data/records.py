@@ -99,9 +99,3 @@ def load_records(
         raise UserError(f"{source}: the dataset is empty")
     return records
 
-
-def write_jsonl(path: str | Path, records: list[dict]) -> None:
-    """Write records as JSONL atomically."""
-    from elasticity.runs import atomic_write
-
-    atomic_write(Path(path), "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))

@@ -9,6 +9,7 @@ Truncation is never silent: encoders return a flag and callers count and log it.
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 
 IGNORE = -100
@@ -45,15 +46,26 @@ def encode_text(tok, text: str, max_length: int | None = None) -> Example:
     return Example(ids, list(ids), truncated)
 
 
+def pad_id(tok) -> int:
+    """The id that pads batches: the tokenizer's pad token, else its EOS (padded positions are always masked)."""
+    return tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+
+
+def pack_blocks(examples: list[Example], block: int) -> list[Example]:
+    """Concatenate documents (each BOS ... EOS) and cut full blocks of `block` tokens: no padding.
+
+    A short tail is dropped. Every token of a block is a target.
+    """
+    stream = [t for ex in examples for t in ex.input_ids]
+    n = len(stream) // block
+    return [Example(stream[i * block:(i + 1) * block], stream[i * block:(i + 1) * block]) for i in range(n)]
+
+
 def tokenize_records(records: list[dict], tok, max_length: int, name: str = "data", pack: bool = False) -> list[Example]:
     """Tokenise text or prompt/response records; truncation is counted and reported, never silent.
 
     With `pack`, text documents are encoded whole and cut into full blocks of `max_length` tokens.
     """
-    import sys
-
-    from elasticity.data.batching import pack as pack_blocks
-
     is_pair = "prompt" in records[0]
     if is_pair:
         examples = [encode_pair(tok, r["prompt"], r["response"], max_length) for r in records]

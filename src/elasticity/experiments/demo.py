@@ -31,6 +31,7 @@ from elasticity.world.command import build_world
 from elasticity.world.pretrain import Config as PretrainConfig
 from elasticity.world.pretrain import pretrain_model, report_stage
 
+
 @dataclass(frozen=True)
 class Config:
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)  # = configs/pretrain.yaml

@@ -24,63 +24,14 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 
-from elasticity.data.batching import collate
-from elasticity.data.tokenize import IGNORE, Example, encode_pair, encode_text
+from elasticity.data.tokenize import encode_pair, encode_text, pad_id
 from elasticity.experiments.elasticity_metrics import log_odds
 from elasticity.generate import DecodingPolicy, generate
+from elasticity.likelihood import teacher_forced
+from elasticity.stats import clustered_mean_se
 
-LN2 = math.log(2)
 CACHE_FLOATS = 64 * 2**20  # 256 MB of float32 base log-probabilities at most
-
-
-@torch.inference_mode()
-def nll_and_kl(model, base, examples: list[Example], pad_id: int, batch_size: int = 32,
-               cache: dict | None = None) -> tuple[float, float, int]:
-    """Summed NLL (nats) of `model` and summed KL(model || base) over the target tokens, and their count.
-
-    Example: if `base` is `model` itself the KL is exactly 0 and the NLL is the training loop's
-    `evaluate` total. `cache` (a dict kept by the caller for these very examples) keeps the base's
-    log-probabilities, so later calls run one model instead of two.
-    """
-    device = next(model.parameters()).device
-    order = sorted(range(len(examples)), key=lambda i: len(examples[i].input_ids))
-    nats, kl, n = 0.0, 0.0, 0
-    for start in range(0, len(order), batch_size):
-        batch = collate([examples[i] for i in order[start:start + batch_size]], pad_id)
-        ids, mask = batch["input_ids"].to(device), batch["attention_mask"].to(device)
-        targets = batch["labels"][:, 1:].to(device)  # (B, T-1)
-        keep = targets != IGNORE
-        logp = model(input_ids=ids, attention_mask=mask).logits[:, :-1].float().log_softmax(-1)  # (B, T-1, V)
-        nll = -logp.gather(-1, targets.clamp(min=0)[..., None])[..., 0]  # (B, T-1)
-        nats += float((nll * keep).sum(dtype=torch.float64))
-        if base is not None:
-            logq = cache.get(start) if cache is not None else None
-            if logq is None:  # the base may sit on another device than the model (e.g. after accelerate moved it)
-                bdev = next(base.parameters()).device
-                logq = base(input_ids=ids.to(bdev), attention_mask=mask.to(bdev)).logits[:, :-1].float()
-                logq = logq.log_softmax(-1).to(device)
-                if cache is not None:
-                    cache[start] = logq
-            kl += float(((logp.exp() * (logp - logq)).sum(-1) * keep).sum(dtype=torch.float64))
-        n += int(keep.sum())
-    return nats, kl, n
-
-
-def clustered_mean_se(values: list[float], groups: list[int]) -> tuple[float, float]:
-    """Mean of all values and the standard error of the mean of per-group means.
-
-    Example: values (1, 0, 1, 1) in groups (0, 0, 1, 1): group means 0.5 and 1.0, mean 0.75,
-    SE = sd(0.5, 1.0) / sqrt(2) = 0.35355 / 1.41421 = 0.25.
-    """
-    by: dict[int, list[float]] = {}
-    for v, g in zip(values, groups):
-        by.setdefault(g, []).append(v)
-    means = np.array([np.mean(v) for v in by.values()])
-    se = float(np.std(means, ddof=1) / math.sqrt(len(means))) if len(means) > 1 else math.nan
-    return float(np.mean(values)), se
 
 
 @dataclass
@@ -116,7 +67,7 @@ class Evaluator:
                        for k, v in self.pairs.items()}
         self._texts = {k: [encode_text(self.tok, t, self.max_length) for t in v] for k, v in self.texts.items()}
         self.truncated = sum(ex.truncated for v in [*self._pairs.values(), *self._texts.values()] for ex in v)
-        self.pad_id = self.tok.pad_token_id if self.tok.pad_token_id is not None else self.tok.eos_token_id
+        self.pad_id = pad_id(self.tok)
         # The base's log-probabilities on the fixed sets are the same at every grid point: keep them if they fit
         # in CACHE_FLOATS (a tiny model's ~10^7 floats), else recompute them (a 7B model's vocabulary would not).
         positions = sum(len(ex.input_ids) for v in [*self._pairs.values(), *self._texts.values()] for ex in v)
@@ -147,15 +98,16 @@ class Evaluator:
                "new_tokens": float(np.mean([s["new_tokens"] for s in samples]))}
         kl_nats, kl_tokens = 0.0, 0
         for name, examples in self._pairs.items():
-            nats, kl, n = nll_and_kl(model, self.base, examples, self.pad_id, self.batch_size, self._cached(name))
-            rec[f"bpt_{name}"] = nats / n / LN2
-            kl_nats, kl_tokens = kl_nats + kl, kl_tokens + n
+            s = teacher_forced(model, examples, self.pad_id, self.batch_size, reference=self.base,
+                               cache=self._cached(name))
+            rec[f"bpt_{name}"] = s.bits_per_token
+            kl_nats, kl_tokens = kl_nats + s.kl, kl_tokens + s.tokens
         rec["kl_response"] = kl_nats / kl_tokens if kl_tokens else math.nan
         for name, examples in self._texts.items():
-            nats, kl, n = nll_and_kl(model, self.base, examples, self.pad_id, self.batch_size,
-                                     self._cached("text:" + name))
-            rec[f"bpt_{name}"] = nats / n / LN2
-            rec[f"kl_{name}"] = kl / n
+            s = teacher_forced(model, examples, self.pad_id, self.batch_size, reference=self.base,
+                               cache=self._cached("text:" + name))
+            rec[f"bpt_{name}"] = s.bits_per_token
+            rec[f"kl_{name}"] = s.kl_per_token
         for s, v in zip(samples, scores):
             s["score"] = v
         rec["_samples"] = samples

@@ -33,9 +33,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from elasticity.config import to_dict
-from elasticity.data.records import Fields, load_records, write_jsonl
+from elasticity.data.records import Fields, load_records
+from elasticity.data.tokenize import pad_id
 from elasticity.errors import UserError
 from elasticity.experiments.rebound import PAPER_TRAIN, seed_order
+from elasticity.files import write_jsonl
 from elasticity.generate import DecodingPolicy
 from elasticity.runs import Run, read_jsonl, run_stage
 from elasticity.scorers import ScorerConfig, build_scorer, check_scorer_config
@@ -269,11 +271,10 @@ def _controls(cfg: Config, data: Data, run: Run, tok, seed: int, models: _Models
     Losses use the fine-tunes' tokenisation and truncation (`finetune.max_length`), so a model's loss on D_j
     is exactly the first training loss a fine-tune of it on D_j would see, averaged over the whole set.
     """
-    from elasticity.experiments.measurement import nll_and_kl
-    from elasticity.train.loop import evaluate
+    from elasticity.likelihood import teacher_forced
 
     n, ml, bs = len(data.marks), cfg.finetune.max_length, cfg.eval.batch_size
-    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    pad = pad_id(tok)
     sets = {j: _examples(tok, read_jsonl(run.file(f"data-{j}.jsonl")), ml, f"D_{j}") for j in range(1, n + 1)}
     held = {j: _examples(tok, read_jsonl(run.file(f"heldout-{j}.jsonl")), ml, f"held-out answers of {j}")
             for j in range(1, n + 1)}
@@ -281,16 +282,16 @@ def _controls(cfg: Config, data: Data, run: Run, tok, seed: int, models: _Models
     for i in range(n + 1):
         m = models.get(i)
         for j, ex in sets.items():
-            nats, count = evaluate(m, ex, pad, bs)
-            loss_rows.append({"seed": seed, "model": i, "dataset": j, "loss": nats / count, "targets": count})
+            s = teacher_forced(m, ex, pad, bs)
+            loss_rows.append({"seed": seed, "model": i, "dataset": j, "loss": s.loss, "targets": s.tokens})
         if i == 0:
             continue
         # KL(theta_i || theta_j) per token on theta_i's own held-out answers: how far theta_j is from theta_i
         # where theta_i puts its mass (for j < i it is the start of a forward path's distance to its target).
         for j in range(n + 1):
             if j != i:
-                _, kl, count = nll_and_kl(m, models.get(j), held[i], pad, bs)
-                kl_rows.append({"seed": seed, "target": i, "model": j, "kl": kl / count, "targets": count})
+                s = teacher_forced(m, held[i], pad, bs, reference=models.get(j))
+                kl_rows.append({"seed": seed, "target": i, "model": j, "kl": s.kl_per_token, "targets": s.tokens})
     write_jsonl(run.file("difficulty.jsonl"), loss_rows)
     write_jsonl(run.file("kl.jsonl"), kl_rows)
 
@@ -298,7 +299,7 @@ def _controls(cfg: Config, data: Data, run: Run, tok, seed: int, models: _Models
 def path_stage(cfg: Config, data: Data, seed: int, k: int, l: int, direction: str, slices: Run,
                runs_root: Path) -> Run:
     """Forward: theta_k fine-tuned on D_l. Inverse: theta_l fine-tuned on D_k. Same settings, order and steps."""
-    from elasticity.experiments.measurement import nll_and_kl
+    from elasticity.likelihood import teacher_forced
     from elasticity.train.loop import train
 
     start, target = (k, l) if direction == "forward" else (l, k)
@@ -316,21 +317,21 @@ def path_stage(cfg: Config, data: Data, seed: int, k: int, l: int, direction: st
         examples = _examples(tok, records, tcfg.max_length, f"D_{target}")
         summary = train(model, tok, examples, tcfg, run, progress_bar=False, save_final=cfg.keep_models)
         model.eval()
-        pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+        pad = pad_id(tok)
         bs = cfg.eval.batch_size
         held = _examples(tok, read_jsonl(slices.file(f"heldout-{target}.jsonl")), tcfg.max_length, "held-out")
         target_model, _ = _load(_model_source(cfg, slices, target, data), cfg)
-        _, kl_end, count = nll_and_kl(target_model, model, held, pad, bs)
+        end = teacher_forced(target_model, held, pad, bs, reference=model)
         del target_model
         if start_model is None:
             start_model, _ = _load(_model_source(cfg, slices, start, data), cfg)
-        nats, moved, _ = nll_and_kl(model, start_model, held, pad, bs)
+        moved = teacher_forced(model, held, pad, bs, reference=start_model)
         run.write_json("path.json", {
             "seed": seed, "k": k, "l": l, "direction": direction, "start": start, "target": target,
             "steps": summary["steps"], "examples": summary["examples"], "tokens": summary["tokens"],
-            "kl_target_end": kl_end / count,  # KL(theta_target || fine-tuned), target's held-out answers
-            "kl_moved": moved / count,  # KL(fine-tuned || start model) on the same answers
-            "heldout_loss_end": nats / count,  # the fine-tuned model's loss on them
+            "kl_target_end": end.kl_per_token,  # KL(theta_target || fine-tuned), target's held-out answers
+            "kl_moved": moved.kl_per_token,  # KL(fine-tuned || start model) on the same answers
+            "heldout_loss_end": moved.loss,  # the fine-tuned model's loss on them
         })
         if not cfg.keep_models:
             for name in ("checkpoints", "model"):

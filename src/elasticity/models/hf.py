@@ -10,7 +10,6 @@ from pathlib import Path
 
 from elasticity.errors import UserError
 
-
 ADAPTER = "adapter_config.json"  # a LoRA run saves its adapter; loading merges it into the base model
 
 

@@ -12,7 +12,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from elasticity.experiments.elasticity_metrics import t_interval  # noqa: E402
-from elasticity.report.png import save_png  # noqa: E402
+from elasticity.files import save_png  # noqa: E402
 
 LABELS = {
     "score": "behaviour score (higher = more aligned)",

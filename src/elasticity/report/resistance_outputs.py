@@ -20,8 +20,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from elasticity.experiments.resistance_analysis import pair_row, summarise  # noqa: E402
+from elasticity.files import save_png  # noqa: E402
 from elasticity.report.rebound_tables import csv_text  # noqa: E402
-from elasticity.report.png import save_png  # noqa: E402
 from elasticity.runs import Run, read_jsonl  # noqa: E402
 
 COLORS = {"forward": "tab:blue", "inverse": "tab:orange"}

@@ -8,8 +8,6 @@ figures (rates_vs_l.png, ratio_vs_k.png, slope_vs_l.png, depth_and_volume.png).
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import math
 from dataclasses import dataclass, field
@@ -18,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from elasticity.errors import UserError
+from elasticity.files import csv_text
 from elasticity.runs import Run, run_stage
 from elasticity.theory import figures
 from elasticity.theory.theorem import make_setting, seed_check, slope_table, sweep_depth
@@ -143,14 +142,6 @@ def grids(cfg: Config) -> tuple[np.ndarray, np.ndarray]:
     return np.geomspace(s.k_min, s.k_max, s.k_points), np.linspace(0.0, s.l_max, s.l_points)
 
 
-def _csv(rows: list[dict]) -> str:
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=list(rows[0]), lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
-    return buf.getvalue()
-
-
 def _json_safe(x: object) -> object:
     """inf/nan are not JSON: write them as strings ("inf", "nan") so every reader can parse the file."""
     if isinstance(x, float) and not math.isfinite(x):
@@ -270,10 +261,10 @@ def _work(cfg: Config, run: Run) -> dict:
         run.log({"d": d, "leaves": s.leaves, "rows": len(r)})
     slopes = slope_table(rows)
     seeds = robustness(cfg, float(ls[1]))
-    run.write_text("seeds.csv", _csv(seeds))
-    run.write_text("rates.csv", _csv(rows))
-    run.write_text("slopes.csv", _csv(slopes))
-    run.write_text("flips.csv", _csv(flips))
+    run.write_text("seeds.csv", csv_text(seeds))
+    run.write_text("rates.csv", csv_text(rows))
+    run.write_text("slopes.csv", csv_text(slopes))
+    run.write_text("flips.csv", csv_text(flips))
     summary = summarise(cfg, rows, slopes, flips)
     summary["seeds"] = _seed_summary(seeds)
     d_ref, l_ref = summary["reference"]["d"], summary["reference"]["l"]

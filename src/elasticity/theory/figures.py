@@ -11,7 +11,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from elasticity.report.png import save_png  # noqa: E402
+from elasticity.files import save_png  # noqa: E402
 
 
 def _save(fig: plt.Figure, path: Path) -> Path:

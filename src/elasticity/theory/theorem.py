@@ -30,10 +30,9 @@ from typing import Sequence
 
 import numpy as np
 
+from elasticity.stats import LN2
 from elasticity.theory.protocol import align, huffman_lengths
 from elasticity.theory.trees import TokenTree, mix
-
-LN2 = math.log(2.0)
 
 
 @dataclass(frozen=True)

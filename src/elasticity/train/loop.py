@@ -20,14 +20,13 @@ from typing import Callable, Literal
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from elasticity.data.batching import Step, collate, ordered_indices, plan_steps
-from elasticity.data.tokenize import IGNORE, Example
+from elasticity.data.tokenize import Example, pad_id
 from elasticity.errors import UserError
-from elasticity.runs import Run, write_json
-
-LN2 = math.log(2)
+from elasticity.files import write_json
+from elasticity.likelihood import teacher_forced, token_scores
+from elasticity.runs import Run
 
 
 @dataclass(frozen=True)
@@ -67,36 +66,20 @@ class Progress:
     tokens: int = 0  # input tokens processed (padding excluded)
 
 
-def token_nll(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int]:
-    """Sum of next-token NLLs (nats) over target positions, and their count."""
-    # use_cache=False: a training forward has no use for the KV cache HF builds by default.
-    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False).logits
-    targets = batch["labels"][:, 1:]  # (B, T-1): position t is predicted from tokens < t
-    nll = F.cross_entropy(
-        logits[:, :-1].float().reshape(-1, logits.size(-1)), targets.reshape(-1), ignore_index=IGNORE, reduction="sum"
-    )
-    return nll, int((targets != IGNORE).sum())
+class Objective(torch.nn.Module):
+    """The language model with its loss: forward returns the next-token NLL (nats) of every target, (B, T-1).
 
+    One module for both, so that a data-parallel wrapper's forward (which arms the gradient sync) runs the
+    whole computation, the kernel's chunked output head included.
+    """
 
-@torch.inference_mode()
-def evaluate(model, examples: list[Example], pad_id: int, batch_size: int = 32, bf16: bool = False, accelerator=None):
-    """Teacher-forced loss on `examples`: returns (nats, targets), summed over all processes."""
-    was_training = model.training
-    model.eval()
-    device = next(model.parameters()).device
-    order = sorted(range(len(examples)), key=lambda i: len(examples[i].input_ids))
-    rank, world = (accelerator.process_index, accelerator.num_processes) if accelerator else (0, 1)
-    batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)][rank::world]
-    total = torch.zeros(2, dtype=torch.float64, device=device)
-    for idx in batches:
-        batch = {k: v.to(device) for k, v in collate([examples[i] for i in idx], pad_id).items()}
-        with _autocast(device, bf16):
-            nll, n = token_nll(model, batch)
-        total += torch.tensor([nll.item(), n], dtype=torch.float64, device=device)
-    if accelerator is not None and world > 1:
-        total = accelerator.reduce(total, reduction="sum")
-    model.train(was_training)
-    return float(total[0]), int(total[1])
+    def __init__(self, lm):
+        super().__init__()
+        self.lm = lm
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        # position t is predicted from tokens < t: the targets of input positions 0..T-2 are labels[:, 1:]
+        return token_scores(self.lm, input_ids, labels[:, 1:], attention_mask).nll
 
 
 def _no_accelerator() -> bool:
@@ -140,7 +123,7 @@ def _save_model(model, tok, path: Path, accelerator, progress: Progress) -> None
 
         hf_logging.disable_progress_bar()  # "Writing model shards" bars would bury the training bar
         tmp = path.with_name(path.name + ".tmp")
-        accelerator.unwrap_model(model).save_pretrained(tmp, safe_serialization=True)
+        accelerator.unwrap_model(model).lm.save_pretrained(tmp, safe_serialization=True)
         if tok is not None:
             tok.save_pretrained(tmp)
         write_json(tmp / "progress.json", vars(progress))
@@ -156,7 +139,7 @@ def _save_resume(run: Run, model, optimizer, scheduler, progress: Progress, acce
     if not accelerator.is_main_process:
         return
     state = {
-        "model": accelerator.unwrap_model(model).state_dict(),
+        "model": accelerator.unwrap_model(model).lm.state_dict(),
         "optimizer": optimizer.state_dict(),
         "scheduler": scheduler.state_dict(),
         "progress": vars(progress).copy(),
@@ -169,7 +152,7 @@ def _save_resume(run: Run, model, optimizer, scheduler, progress: Progress, acce
 
 def _load_resume(run: Run, model, optimizer, scheduler, accelerator) -> Progress:
     state = torch.load(run.file("resume.pt"), map_location="cpu", weights_only=False)
-    accelerator.unwrap_model(model).load_state_dict(state["model"])
+    accelerator.unwrap_model(model).lm.load_state_dict(state["model"])
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
     torch.set_rng_state(state["rng"]["torch"])
@@ -221,9 +204,10 @@ def train(
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay, eps=1e-8,
                                   fused=fused)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(cfg, len(steps)))
-    model, optimizer = accelerator.prepare(model, optimizer)
+    model, optimizer = accelerator.prepare(Objective(model), optimizer)
+    lm = accelerator.unwrap_model(model).lm  # the language model itself, wherever accelerate placed it
     device = accelerator.device
-    pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    pad = pad_id(tok)
 
     progress = Progress()
     if run.file("resume.pt").exists():
@@ -239,9 +223,9 @@ def train(
     def do_eval() -> dict:
         record = {}
         for name, data in evals.items():
-            nats, n = evaluate(model, data, pad_id, cfg.eval_batch_size, cfg.bf16, accelerator)
-            record[f"eval/{name}/loss"] = nats / max(n, 1)
-            record[f"eval/{name}/bits_per_token"] = nats / max(n, 1) / LN2
+            scored = teacher_forced(lm, data, pad, cfg.eval_batch_size, bf16=cfg.bf16, accelerator=accelerator)
+            record[f"eval/{name}/loss"] = scored.loss
+            record[f"eval/{name}/bits_per_token"] = scored.bits_per_token
         return record
 
     if evals and progress.step == 0 and accelerator.is_main_process:
@@ -262,13 +246,13 @@ def train(
                 loss = sum(p.sum() * 0.0 for p in params)
                 accelerator.backward(loss)
                 continue
-            batch = {k: v.to(device) for k, v in collate([examples[i] for i in idx], pad_id).items()}
+            batch = {k: v.to(device) for k, v in collate([examples[i] for i in idx], pad).items()}
             sync = m == len(mine) - 1
             with (nullcontext() if sync else accelerator.no_sync(model)), _autocast(device, cfg.bf16):
-                nll, _ = token_nll(model, batch)
+                nll = model(**batch)  # (B, T-1), 0 where there is no target
                 # DDP averages gradients over processes, so scale by `world` to get sum / n_targets overall.
-                accelerator.backward(nll * world / max(step.n_targets, 1))
-            step_nll += nll.detach().double()
+                accelerator.backward(nll.sum() * world / max(step.n_targets, 1))
+            step_nll += nll.detach().sum(dtype=torch.float64)
             step_tokens += int(batch["attention_mask"].sum())
         if world > 1:
             step_nll = accelerator.reduce(step_nll, reduction="sum")
@@ -308,7 +292,7 @@ def train(
         for name in marks:
             _save_model(model, tok, run.file("checkpoints") / name, accelerator, progress)
         if on_step is not None:
-            on_step(progress, accelerator.unwrap_model(model))
+            on_step(progress, lm)
         if not is_last and (marks or (cfg.save_every and progress.step % cfg.save_every == 0)):
             _save_resume(run, model, optimizer, scheduler, progress, accelerator)
     bar.close()

@@ -9,14 +9,13 @@ Token counts are exact counts of the world's tokenizer: a document costs its tex
 
 from __future__ import annotations
 
-import json
 import math
 import random
 import re
 import time
-from pathlib import Path
 from typing import Callable
 
+from elasticity.files import write_jsonl
 from elasticity.runs import Run
 from elasticity.world.likelihood import entropy_from_samples, entropy_rate, exact_entropy
 from elasticity.world.world import COMPONENTS, World
@@ -52,10 +51,6 @@ class TokenCounter:
         for t in texts:
             if self.count(t) != len(self._backend.encode(t, add_special_tokens=False).ids):
                 raise RuntimeError(f"token counter disagrees with the tokenizer on {t!r}")
-
-
-def _write_jsonl(run: Run, name: str, records: list[dict]) -> None:
-    run.write_text(name, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
 
 
 def _pretrain(world: World, seed: int, budget: int, tokenizer_docs: int, vocab_size: int, run: Run):
@@ -125,16 +120,16 @@ def build(world: World, run: Run, *, seed: int, pretrain_tokens: int, sft_sizes:
     t0 = time.time()
     world.save(run.path)
     pretrain, total, counter = _pretrain(world, seed, pretrain_tokens, tokenizer_docs, vocab_size, run)
-    _write_jsonl(run, "pretrain.jsonl", pretrain)
+    write_jsonl(run.file("pretrain.jsonl"), pretrain)
     times["pretrain_and_tokenizer_s"] = round(time.time() - t0, 2)
     log(f"pre-training corpus: {len(pretrain)} documents, {total} tokens ({times['pretrain_and_tokenizer_s']} s)")
 
     t = time.time()
     sft = {c: _sft(world, seed, c, sft_sizes[c]) for c in ("positive", "negative")}
     for c, recs in sft.items():
-        _write_jsonl(run, f"sft_{c}.jsonl", recs)
+        write_jsonl(run.file(f"sft_{c}.jsonl"), recs)
     prompts = _eval_prompts(world, seed, eval_prompts, {r["prompt"] for recs in sft.values() for r in recs})
-    _write_jsonl(run, "eval_prompts.jsonl", prompts)
+    write_jsonl(run.file("eval_prompts.jsonl"), prompts)
     times["sft_and_prompts_s"] = round(time.time() - t, 2)
 
     t = time.time()
@@ -143,7 +138,7 @@ def build(world: World, run: Run, *, seed: int, pretrain_tokens: int, sft_sizes:
     for c in (*COMPONENTS, None):
         name = c or "mixture"
         recs = _heldout(world, seed, c, heldout_docs, counter)
-        _write_jsonl(run, f"heldout_{name}.jsonl", recs)
+        write_jsonl(run.file(f"heldout_{name}.jsonl"), recs)
         rate = entropy_from_samples([r["nats"] for r in recs], [r["tokens"] for r in recs]) if len(recs) > 1 else None
         heldout[name] = {
             "file": f"heldout_{name}.jsonl",
@@ -174,6 +169,3 @@ def build(world: World, run: Run, *, seed: int, pretrain_tokens: int, sft_sizes:
         "timings": times,
     }
 
-
-def read_jsonl(path: Path) -> list[dict]:
-    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]

@@ -20,10 +20,9 @@ import random
 from dataclasses import asdict, dataclass
 from typing import Callable
 
+from elasticity.stats import LN2
 from elasticity.world.pcfg import split
 from elasticity.world.world import COMPONENTS, World
-
-LOG2 = math.log(2.0)
 
 
 def log_likelihood(world: World, text: str, component: str, prefix: bool = False, partial: bool = False) -> float:
@@ -86,16 +85,16 @@ class EntropyRate:
 
     @property
     def bits_per_doc(self) -> float:
-        return self.nats_per_doc / LOG2
+        return self.nats_per_doc / LN2
 
     @property
     def bits_per_token(self) -> float:
-        return self.nats_per_token / LOG2
+        return self.nats_per_token / LN2
 
     def to_dict(self) -> dict:
         d = asdict(self)
-        d.update(bits_per_doc=self.bits_per_doc, bits_per_doc_se=self.nats_per_doc_se / LOG2,
-                 bits_per_token=self.bits_per_token, bits_per_token_se=self.nats_per_token_se / LOG2)
+        d.update(bits_per_doc=self.bits_per_doc, bits_per_doc_se=self.nats_per_doc_se / LN2,
+                 bits_per_token=self.bits_per_token, bits_per_token_se=self.nats_per_token_se / LN2)
         return d
 
 

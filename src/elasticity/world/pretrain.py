@@ -104,8 +104,9 @@ def evaluate_model(folder: Path, world: Run, n_docs: int) -> dict:
     card's sampled entropy rate (and its SE) beside it.
     """
     from elasticity.data.tokenize import encode_text
+    from elasticity.likelihood import teacher_forced
     from elasticity.models.hf import load_causal_lm
-    from elasticity.train.loop import LN2, evaluate
+    from elasticity.stats import LN2
 
     card = json.loads(world.file(CARD_FILE).read_text())
     model, tok = load_causal_lm(str(folder))
@@ -113,11 +114,13 @@ def evaluate_model(folder: Path, world: Run, n_docs: int) -> dict:
     for c in COMPONENTS:
         docs = _heldout(world, c, n_docs)
         examples = [encode_text(tok, d["text"]) for d in docs]
-        nats, n = evaluate(model, examples, tok.pad_token_id, batch_size=64)
+        scored = teacher_forced(model, examples, tok.pad_token_id, batch_size=64)
+        n = scored.tokens
         assert n == sum(d["tokens"] for d in docs), "model and world count tokens differently"
         true = sum(d["nats"] for d in docs) / n / LN2
         sampled = card["components"][c]["entropy"]
-        row[c] = {"bits_per_token": nats / n / LN2, "true_bits_per_token": true, "gap": nats / n / LN2 - true,
+        row[c] = {"bits_per_token": scored.bits_per_token, "true_bits_per_token": true,
+                  "gap": scored.bits_per_token - true,
                   "entropy_rate": sampled["bits_per_token"], "entropy_rate_se": sampled["bits_per_token_se"]}
     return row
 
@@ -178,7 +181,7 @@ def report_stage(cfg: Config, runs_root: Path) -> Run:
         run.write_json("table.json", rows)
         run.write_text("table.md", _table(rows))
         report, samples = sample_report(trains[cfg.sizes[0]].file("model"), world, cfg.samples)
-        from elasticity.data.records import write_jsonl
+        from elasticity.files import write_jsonl
 
         write_jsonl(run.file("samples.jsonl"), samples)
         run.write_json("samples_report.json", {"model": str(trains[cfg.sizes[0]].path), **report})

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from elasticity.errors import UserError
+from elasticity.files import atomic_write
 from elasticity.world.grammar import ROOTS, build_grammar, opening_symbol
 from elasticity.world.pcfg import Grammar, Sample, render
 
@@ -81,8 +82,6 @@ class World:
         return render(genre.tokens[:k])
 
     def save(self, run_dir: Path) -> None:
-        from elasticity.runs import atomic_write
-
         atomic_write(Path(run_dir) / GRAMMAR_FILE, json.dumps(self.grammar.to_json(), separators=(",", ":")))
 
 
