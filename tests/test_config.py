@@ -64,8 +64,8 @@ def test_every_subcommand_has_help(command, capsys):
 
 def test_a_section_given_in_part_keeps_its_parents_defaults(tmp_path):
     """`--train.lr` on `pretrain` changes the lr only: the pre-training recipe's batch etc. stay."""
-    from elasticity.world.pretrain import PRETRAIN
-    from elasticity.world.pretrain import Config as PretrainConfig
+    from elasticity.experiments.pretrain import PRETRAIN
+    from elasticity.experiments.pretrain import Config as PretrainConfig
 
     cfg = load_config(PretrainConfig, None, {"train.lr": 0.01})
     assert cfg.train.lr == 0.01

@@ -10,11 +10,12 @@ import re
 
 import pytest
 
-from elasticity.experiments import elasticity_metrics as em
+from elasticity.analysis import curves as em
 from elasticity.experiments.rebound import Config, Evaluation, Metrics, rebound_stage
 from elasticity.generate import DecodingPolicy
+from elasticity.results import Group, Measurement, Metric, Point, Quantity, ReboundGrid, View
 from elasticity.scorers import ScorerConfig
-from elasticity.stats import clustered_mean_se
+from elasticity.stats import clustered_mean_se, log_odds, t_interval
 from elasticity.train.loop import TrainConfig
 
 GOOD = "good great wonderful liked loved excellent".split()
@@ -80,17 +81,17 @@ def full(setup):
 def test_slopes_ratio_and_log_odds_by_hand():
     x, y = (0, 10, 50, 100), (0.9, 0.6, 0.45, 0.4)
     shape = em.curve_shape(x, y, early=10, late=50)
-    assert shape["initial_slope"] == pytest.approx((0.6 - 0.9) / 10)  # -0.03
-    assert shape["late_slope"] == pytest.approx((0.4 - 0.45) / 50)  # -0.001
-    assert shape["slope_ratio"] == pytest.approx(30.0)
-    lo = em.log_odds(list(y))
+    assert shape.initial_slope == pytest.approx((0.6 - 0.9) / 10)  # -0.03
+    assert shape.late_slope == pytest.approx((0.4 - 0.45) / 50)  # -0.001
+    assert shape.slope_ratio == pytest.approx(30.0)
+    lo = log_odds(list(y))
     assert lo[0] == pytest.approx(math.log(9)) and lo[3] == pytest.approx(math.log(0.4 / 0.6))
     # in log-odds the same curve's initial slope is (ln 1.5 - ln 9) / 10
-    assert em.curve_shape(x, lo, 10, 50)["initial_slope"] == pytest.approx((math.log(1.5) - math.log(9)) / 10)
-    assert em.log_odds(1.0) == pytest.approx(math.log((1 - 1e-4) / 1e-4))  # clipped, finite
-    assert em.log_odds(1.0, n=64) == pytest.approx(math.log(129))  # empirical logit: 64 samples resolve no more
-    assert em.log_odds(0.75, n=4) == pytest.approx(math.log(3.5 / 1.5))
-    assert em.log_odds(0.5, n=64) == 0.0
+    assert em.curve_shape(x, lo, 10, 50).initial_slope == pytest.approx((math.log(1.5) - math.log(9)) / 10)
+    assert log_odds(1.0) == pytest.approx(math.log((1 - 1e-4) / 1e-4))  # clipped, finite
+    assert log_odds(1.0, n=64) == pytest.approx(math.log(129))  # empirical logit: 64 samples resolve no more
+    assert log_odds(0.75, n=4) == pytest.approx(math.log(3.5 / 1.5))
+    assert log_odds(0.5, n=64) == 0.0
     with pytest.raises(ValueError):
         em.secant_slope(x, y, 0, 20)  # 20 is not a grid point
 
@@ -106,10 +107,10 @@ def test_samples_to_revert_interpolates_and_reports_not_reached():
 
 
 def test_intervals_trend_and_clustered_se_by_hand():
-    i = em.t_interval([1.0, 2.0, 3.0])
+    i = t_interval([1.0, 2.0, 3.0])
     assert (i.mean, i.n) == (2.0, 3)
     assert i.lo == pytest.approx(2 - 4.303 / math.sqrt(3)) and i.hi == pytest.approx(2 + 4.303 / math.sqrt(3))
-    missing = em.t_interval([10.0, None, 14.0])  # a seed that never reverted is left out and counted
+    missing = t_interval([10.0, None, 14.0])  # a seed that never reverted is left out and counted
     assert (missing.mean, missing.n, missing.n_total, missing.complete) == (12.0, 2, 3, False)
     assert missing.hi - missing.mean == pytest.approx(12.706 * math.sqrt(8) / math.sqrt(2))
     assert em.trend((100, 1000, 10000), (-0.01, -0.02, -0.03)) == pytest.approx(-0.01)
@@ -117,41 +118,51 @@ def test_intervals_trend_and_clustered_se_by_hand():
     assert clustered_mean_se([1, 0, 1, 1], [0, 0, 1, 1]) == pytest.approx((0.75, 0.25))
 
 
+def _hand_point(q1, seed, q2, score, kl, samples=1_000_000):
+    """A hand-made grid point: the score and KL given, every other number irrelevant (0)."""
+    m = Measurement(score, 0.0, samples, 1.0, 0.0, kl, {"positive": 0.0, "negative": 0.0}, {})
+    return Point(q1, seed, q2, 0, 0, 0, None, m)
+
+
 def test_analysis_on_hand_made_rows():
     """Two Q1 curves x two seeds, with known crossings and slopes; the larger Q1 falls faster in log-odds
     but needs more negatives in probability space (the prototype's flip)."""
-    from elasticity.experiments.rebound_analysis import analyse, verdict
+    from elasticity.analysis.rebound import analyse, verdict
 
-    base = {"q1": 0, "seed": None, "q2": 0, "score": 0.4, "log_odds": em.log_odds(0.4), "kl_response": 0.0}
+    points = [_hand_point(0, None, 0, 0.4, 0.0)]
     curves = {100: (0.8, 0.5, 0.3), 1000: (0.99, 0.6, 0.35)}  # score at Q2 = 0, 10, 50
-    rows = [base]
     for q1, ys in curves.items():
         for seed, shift in ((0, 0.0), (1, 0.005)):
             for q2, y, kl in zip((0, 10, 50), ys, (0.1, 0.02, 0.005)):
-                s = y - shift
-                rows.append({"q1": q1, "seed": seed, "q2": q2, "score": s, "log_odds": em.log_odds(s),
-                             "kl_response": kl})
-    m = {(r["group"], r["view"], r["metric"].split(" ")[0], r["q1"]): r
-         for r in analyse(rows, (100, 1000), (0, 1), early=10, late=10, kl_epsilon=0.01)}
-    rev = m[("revert", "score", "samples_to_revert", 100)]
-    assert rev["per_seed"][0] == pytest.approx(10 + (0.5 - 0.4) / 0.2 * 40)  # 30
-    assert rev["per_seed"][1] == pytest.approx(10 + (0.495 - 0.4) / 0.2 * 40)  # 29
-    assert m[("revert", "kl_response", "samples_to_revert", 100)]["per_seed"][0] == pytest.approx(10 + 0.01 / 0.015 * 40)
-    assert m[("shape", "score", "initial_slope", 1000)]["mean"] == pytest.approx(-0.039)
-    assert m[("shape", "score", "slope_ratio", 100)]["per_seed"][0] == pytest.approx(-0.03 / -0.005)
+                points.append(_hand_point(q1, seed, q2, y - shift, kl))
+    grid = ReboundGrid(q1=(100, 1000), q2=(0, 10, 50), seeds=(0, 1), lr=1e-4, early=10, late=10, kl_epsilon=0.01,
+                       texts=())
+    rows = analyse(points, grid)
+    m = {(r.group, r.view.column, r.metric, r.q1): r for r in rows}
+    rev = m[(Group.REVERT, "score", Metric.SAMPLES_TO_REVERT, 100)]
+    assert rev.threshold == 0.4  # the base model's score: a field, never part of the name
+    assert rev.per_seed[0] == pytest.approx(10 + (0.5 - 0.4) / 0.2 * 40)  # 30
+    assert rev.per_seed[1] == pytest.approx(10 + (0.495 - 0.4) / 0.2 * 40)  # 29
+    kl_rev = m[(Group.REVERT, "kl_response", Metric.SAMPLES_TO_REVERT, 100)]
+    assert kl_rev.threshold == 0.01 and kl_rev.per_seed[0] == pytest.approx(10 + 0.01 / 0.015 * 40)
+    assert m[(Group.SHAPE, "score", Metric.INITIAL_SLOPE, 1000)].interval.mean == pytest.approx(-0.039)
+    assert m[(Group.SHAPE, "score", Metric.SLOPE_RATIO, 100)].per_seed[0] == pytest.approx(-0.03 / -0.005)
     # per decade of Q1 (one decade here): probability space slower start ... log-odds space faster
-    t_score = m[("trend", "score", "initial_slope", "all")]
-    t_lo = m[("trend", "log_odds", "initial_slope", "all")]
-    assert t_score["per_seed"][0] == pytest.approx(-0.039 - -0.03)
-    slope = lambda a, b: (em.log_odds(b) - em.log_odds(a)) / 10
-    assert t_lo["per_seed"][0] == pytest.approx(slope(0.99, 0.6) - slope(0.8, 0.5))
-    assert t_lo["hi"] < 0 and verdict(t_lo) == "falls faster with more alignment"
-    t_rev = m[("trend", "score", "samples_to_revert", "all")]
-    assert t_rev["lo"] > 0 and verdict(t_rev) == "more negatives needed with more alignment"
-    assert m[("revert", "kl_response", "kl_min", 100)]["mean"] == pytest.approx(0.005)
-    assert m[("revert", "kl_response", "q2_at_kl_min", 100)]["per_seed"] == [50.0, 50.0]
-    depth = m[("depth", "score", "score_gain", 1000)]
-    assert depth["mean"] == pytest.approx(0.99 - 0.0025 - 0.4)
+    t_score = m[(Group.TREND, "score", Metric.INITIAL_SLOPE, None)]
+    t_lo = m[(Group.TREND, "log_odds", Metric.INITIAL_SLOPE, None)]
+    assert t_score.per_seed[0] == pytest.approx(-0.039 - -0.03)
+    slope = lambda a, b: (log_odds(b, 1_000_000) - log_odds(a, 1_000_000)) / 10
+    assert t_lo.per_seed[0] == pytest.approx(slope(0.99, 0.6) - slope(0.8, 0.5))
+    assert t_lo.interval.hi < 0 and verdict(t_lo) == "falls faster with more alignment"
+    t_rev = m[(Group.TREND, "score", Metric.SAMPLES_TO_REVERT, None)]
+    assert t_rev.interval.lo > 0 and verdict(t_rev) == "more negatives needed with more alignment"
+    assert m[(Group.REVERT, "kl_response", Metric.KL_MIN, 100)].interval.mean == pytest.approx(0.005)
+    assert m[(Group.REVERT, "kl_response", Metric.Q2_AT_KL_MIN, 100)].per_seed == [50.0, 50.0]
+    depth = m[(Group.DEPTH, "score", Metric.SCORE_GAIN, 1000)]
+    assert depth.interval.mean == pytest.approx(0.99 - 0.0025 - 0.4)
+    # every file row names its metric without a number in it
+    assert {r.to_record()["metric"] for r in rows} <= {metric.value for metric in Metric}
+    assert View(Quantity.BITS_PER_TOKEN, "positive") in {r.view for r in rows}
 
 
 # ---- the experiment's own code path -----------------------------------------------------------------------
@@ -187,7 +198,7 @@ def test_outputs_and_token_saving(full, setup):
     """Tidy rows, metric files and figures exist; the saving is recomputed from the data by hand."""
     from elasticity.data.records import load_records
     from elasticity.data.tokenize import encode_pair
-    from elasticity.experiments.rebound import seed_order
+    from elasticity.experiments.skeleton import seed_order
     from elasticity.models.hf import load_tokenizer
 
     cfg, _ = setup
@@ -199,9 +210,7 @@ def test_outputs_and_token_saving(full, setup):
                  "curves.csv", "score.png", "log_odds.png", "kl_response.png", "summary.txt"):
         assert run.file(name).stat().st_size > 0, name
     assert len(run.file("results.csv").read_text().splitlines()) == len(rows) + 1
-    from elasticity.experiments.rebound import summary_lines
-
-    lines = summary_lines(run)
+    lines = run.lines("summary.txt")
     assert lines[0].startswith("rebound: base score") and lines[-1].endswith(run.path.name)
     tok = load_tokenizer(cfg.model)
 
@@ -229,11 +238,11 @@ def test_interrupted_rebound_resumes_without_redoing_points(full, setup, monkeyp
     measure = Evaluator.measure
     calls = []
 
-    def crash_on_fourth(self, model, with_samples=False):
+    def crash_on_fourth(self, model):
         calls.append(1)
         if len(calls) == 4:  # base, Q1=8 at Q2 = 0 and 6, then crash inside the training loop at Q2 = 12
             raise KeyboardInterrupt
-        return measure(self, model, with_samples)
+        return measure(self, model)
 
     monkeypatch.setattr(Evaluator, "measure", crash_on_fourth)
     with pytest.raises(KeyboardInterrupt):
@@ -244,9 +253,9 @@ def test_interrupted_rebound_resumes_without_redoing_points(full, setup, monkeyp
     assert not (crashed / "DONE").exists() and (crashed / "resume.pt").exists()
     redone = []
 
-    def counting(self, model, with_samples=False):
+    def counting(self, model):
         redone.append(1)
-        return measure(self, model, with_samples)
+        return measure(self, model)
 
     monkeypatch.setattr(Evaluator, "measure", counting)
     resumed = rebound_stage(cfg, root / "resume")

@@ -10,10 +10,11 @@ import random
 import pytest
 from conftest import write_jsonl
 
+from elasticity.analysis.resistance import final_loss, pair_row, summarise
 from elasticity.experiments.resistance import Config, Evaluation, resistance_stage, slice_marks
-from elasticity.experiments.resistance_analysis import final_loss, pair_row, summarise
+from elasticity.files import read_jsonl
 from elasticity.generate import DecodingPolicy
-from elasticity.runs import read_jsonl
+from elasticity.results import PathEnd
 from elasticity.train.loop import TrainConfig
 
 GOOD = "good great wonderful liked loved excellent".split()
@@ -70,15 +71,16 @@ def test_slice_marks_and_final_loss_by_hand():
 def _hand_row(seed, fwd_curve, inv_curve):
     loss = {(0, 1): 2.0, (0, 2): 2.5, (1, 1): 1.0, (2, 2): 1.2, (1, 2): 1.6, (2, 1): 1.3}  # (model, dataset)
     kl = {(2, 1): 0.20, (1, 2): 0.30}  # (target, model): KL(theta_target || theta_model)
-    ends = {"forward": {"kl_target_end": 0.10, "kl_moved": 0.25, "heldout_loss_end": 1.4,
-                        "steps": 3, "examples": 12, "tokens": 100},
-            "inverse": {"kl_target_end": 0.05, "kl_moved": 0.15, "heldout_loss_end": 1.1,
-                        "steps": 3, "examples": 12, "tokens": 90}}
+    ends = {"forward": PathEnd(steps=3, examples=12, tokens=100, kl_target_end=0.10, kl_moved=0.25,
+                               heldout_loss_end=1.4),
+            "inverse": PathEnd(steps=3, examples=12, tokens=90, kl_target_end=0.05, kl_moved=0.15,
+                               heldout_loss_end=1.1)}
     return pair_row(seed, 1, 2, {"forward": fwd_curve, "inverse": inv_curve}, 2, loss, kl, ends)
 
 
 def test_pair_row_and_summary_by_hand():
-    r = _hand_row(0, [2.0, 1.6, 1.4], [1.5, 1.2, 1.1])
+    row = _hand_row(0, [2.0, 1.6, 1.4], [1.5, 1.2, 1.1])
+    r = row.to_record()
     assert r["forward_loss"] == pytest.approx(1.5) and r["inverse_loss"] == pytest.approx(1.15)
     assert r["difference"] == pytest.approx(0.35) and r["inverse_lower"]
     assert r["target_gap"] == pytest.approx(0.2)  # H(D_2) - H(D_1) = 1.2 - 1.0
@@ -90,14 +92,16 @@ def test_pair_row_and_summary_by_hand():
     assert r["kl_left_forward"] == pytest.approx(0.5) and r["kl_left_inverse"] == pytest.approx(0.05 / 0.30)
     assert r["kl_left_difference"] == pytest.approx(0.5 - 1 / 6) and r["inverse_closed_more"]
     # a second seed where the forward path ends lower: counted, and the interval straddles 0
-    r2 = _hand_row(1, [2.0, 1.0, 1.0], [1.5, 1.2, 1.2])
+    row2 = _hand_row(1, [2.0, 1.0, 1.0], [1.5, 1.2, 1.2])
+    r2 = row2.to_record()
     assert r2["difference"] == pytest.approx(-0.2) and not r2["inverse_lower"]
-    pair, overall = summarise([r, r2], (0, 1))
-    assert pair["pair"] == "2/1" and (pair["inverse_lower"], pair["cells"]) == (1, 2)
-    assert pair["difference"] == pytest.approx(0.075)
+    pair, overall = summarise([row, row2], (0, 1))
+    assert pair.pair == "2/1" and (pair.inverse_lower, pair.cells) == (1, 2)
+    assert pair["difference"].mean == pytest.approx(0.075)
     half = 12.706 * math.sqrt(((0.35 - 0.075) ** 2 + (-0.2 - 0.075) ** 2) / 1) / math.sqrt(2)
-    assert pair["difference_hi"] == pytest.approx(0.075 + half)
-    assert overall["pair"] == "all" and overall["difference"] == pytest.approx(0.075)
+    assert pair["difference"].hi == pytest.approx(0.075 + half)
+    assert pair.to_record()["difference_hi"] == pytest.approx(0.075 + half)
+    assert overall.pair == "all" and overall["difference"].mean == pytest.approx(0.075)
 
 
 # ---- the small experiment -----------------------------------------------------------------------------------

@@ -24,11 +24,11 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "compress": ("elasticity.compression", "bits/token, bits/byte, response-only rates and KL to a reference"),
     "theory": ("elasticity.theory.command", "the elasticity theorem checked numerically on token trees"),
     "world": ("elasticity.world.command", "build the embedded world's datasets and world card"),
-    "pretrain": ("elasticity.world.pretrain", "pre-train tiny models on the embedded world (cached)"),
+    "pretrain": ("elasticity.experiments.pretrain", "pre-train tiny models on the embedded world (cached)"),
     "rebound": ("elasticity.experiments.rebound", "align with Q1 positives, fine-tune on Q2 negatives, measure the fall"),
     "resistance": ("elasticity.experiments.resistance",
                    "forward vs inverse alignment between SFT slices (Table 1), with controls and intervals"),
-    "demo": ("elasticity.experiments.demo", "the main job on the embedded world: every experiment, one report"),
+    "demo": ("elasticity.demo", "the main job on the embedded world: every experiment, one report"),
 }
 
 DEFAULT_RUNS = "runs"

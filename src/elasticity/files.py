@@ -34,6 +34,10 @@ def write_json(path: Path, obj: Any) -> None:
     atomic_write(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
 
 
+def read_json(path: Path) -> Any:
+    return json.loads(Path(path).read_text(encoding="utf-8"))
+
+
 def json_line(record: dict) -> str:
     """One JSONL line (non-ASCII text stays readable)."""
     return json.dumps(record, ensure_ascii=False) + "\n"

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 
 LN2 = math.log(2)  # nats per bit
+LOG_ODDS_EPS = 1e-4  # without a sample count, scores are clipped to [eps, 1 - eps] so 0 and 1 stay finite
 
 # Two-sided 95% Student-t quantiles t_{0.975, df}; beyond 30 degrees of freedom the normal value is close enough.
 _T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228,
@@ -101,6 +102,25 @@ def finite_mean(values: Sequence[float | None]) -> float:
     """
     finite = [v for v in values if v is not None and math.isfinite(v)]
     return sum(finite) / len(finite) if finite else math.nan
+
+
+def log_odds(p: float | np.ndarray, n: int | None = None, eps: float = LOG_ODDS_EPS) -> float | np.ndarray:
+    """Log-odds of a mean score p.
+
+    With n (the samples behind the mean) the empirical logit ln((n p + 1/2) / (n (1 - p) + 1/2)), whose range
+    the sample count bounds: a mean of 64 samples cannot tell 0.999 from 0.99999, and a plain logit would let
+    that unresolvable tail dominate a slope. Without n, ln(p / (1 - p)) with p clipped to [eps, 1 - eps].
+
+    >>> round(log_odds(0.9), 3), round(log_odds(1.0, n=64), 3), round(log_odds(0.75, n=4), 3), log_odds(0.5)
+    (2.197, 4.86, 0.847, 0.0)
+    """
+    q = np.asarray(p, dtype=np.float64)
+    if n is not None:
+        out = np.log((n * q + 0.5) / (n * (1 - q) + 0.5))
+    else:
+        q = np.clip(q, eps, 1 - eps)
+        out = np.log(q / (1 - q))
+    return float(out) if out.ndim == 0 else out
 
 
 def clustered_mean_se(values: list[float], groups: list[int]) -> tuple[float, float]:

@@ -1,1 +1,1 @@
-"""Experiments: short functions that compose stages and write tidy results tables."""
+"""Experiments: short modules that compose cached stages on the shared skeleton (`skeleton.py`)."""

@@ -1,11 +1,12 @@
 """What rebound measures at every grid point: behaviour score, KL to the base model, bits/token.
 
 One `Evaluator` holds everything fixed across grid points (the scorer, the prompts, the tokenised evaluation
-sets, the base model as the KL reference) and `measure(model)` returns one flat record:
+sets, the base model as the KL reference) and `measure(model)` returns one `results.Measurement`, whose
+record (the columns of rebound's results) is:
 
     score, score_se     mean scorer output over prompts x samples; SE clustered by prompt (sd of the
                         per-prompt means / sqrt(prompts)), since samples of one prompt are not independent
-    log_odds            empirical logit of the mean score over its `samples` texts (see elasticity_metrics)
+    log_odds            empirical logit of the mean score over its `samples` texts (`stats.log_odds`)
     kl_response         KL(model || base) in nats per response token, teacher-forced on the held-out
                         positive and negative prompt/response pairs (response tokens and EOS only)
     bpt_positive, bpt_negative
@@ -26,9 +27,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from elasticity.data.tokenize import encode_pair, encode_text, pad_id
-from elasticity.experiments.elasticity_metrics import log_odds
 from elasticity.generate import DecodingPolicy, generate
 from elasticity.likelihood import teacher_forced
+from elasticity.results import BUILT_IN_PAIRS, Measurement
 from elasticity.stats import clustered_mean_se
 
 CACHE_FLOATS = 64 * 2**20  # 256 MB of float32 base log-probabilities at most
@@ -44,7 +45,7 @@ class Evaluator:
         base: the base model (KL reference), in eval mode.
         prompts: evaluation prompts.
         policy: decoding policy of the samples.
-        pairs: named held-out prompt/response sets ("positive", "negative").
+        pairs: the held-out prompt/response sets, by name (`results.BUILT_IN_PAIRS`).
         texts: named held-out pre-training text sets.
         max_length: truncation length of teacher-forced examples (the training one).
         score_prompt: score prompt + response (True) or the response alone.
@@ -63,6 +64,7 @@ class Evaluator:
     batch_size: int = 32
 
     def __post_init__(self) -> None:
+        assert tuple(self.pairs) == BUILT_IN_PAIRS, "the measurement's columns name the positive and negative sets"
         self._pairs = {k: [encode_pair(self.tok, r["prompt"], r["response"], self.max_length) for r in v]
                        for k, v in self.pairs.items()}
         self._texts = {k: [encode_text(self.tok, t, self.max_length) for t in v] for k, v in self.texts.items()}
@@ -77,38 +79,37 @@ class Evaluator:
     def _cached(self, name: str) -> dict | None:
         return None if self._cache is None else self._cache.setdefault(name, {})
 
-    def measure(self, model, with_samples: bool = False) -> dict:
-        """One record of every measurement for `model` (restored to its train/eval mode afterwards)."""
+    def measure(self, model) -> tuple[Measurement, list[dict]]:
+        """Every measurement of `model`, and its scored samples (its train/eval mode is restored afterwards)."""
         was_training = model.training
         model.eval()
         try:
-            record = self._measure(model)
-            samples = record.pop("_samples")
+            return self._measure(model)
         finally:
             model.train(was_training)
-        return (record, samples) if with_samples else record
 
-    def _measure(self, model) -> dict:
+    def _measure(self, model) -> tuple[Measurement, list[dict]]:
         samples = generate(model, self.tok, self.prompts, self.policy)
         texts = [(s["prompt"] + s["response"]) if self.score_prompt else s["response"] for s in samples]
         scores = [float(v) for v in self.scorer.score(texts)]
         mean, se = clustered_mean_se(scores, [s["prompt_index"] for s in samples])
-        rec = {"score": mean, "score_se": se, "log_odds": log_odds(mean, len(scores)), "samples": len(scores),
-               "finished_share": float(np.mean([s["finished"] for s in samples])),
-               "new_tokens": float(np.mean([s["new_tokens"] for s in samples]))}
+        bits, kl_to_base = {}, {}
         kl_nats, kl_tokens = 0.0, 0
         for name, examples in self._pairs.items():
             s = teacher_forced(model, examples, self.pad_id, self.batch_size, reference=self.base,
                                cache=self._cached(name))
-            rec[f"bpt_{name}"] = s.bits_per_token
+            bits[name] = s.bits_per_token
             kl_nats, kl_tokens = kl_nats + s.kl, kl_tokens + s.tokens
-        rec["kl_response"] = kl_nats / kl_tokens if kl_tokens else math.nan
         for name, examples in self._texts.items():
             s = teacher_forced(model, examples, self.pad_id, self.batch_size, reference=self.base,
                                cache=self._cached("text:" + name))
-            rec[f"bpt_{name}"] = s.bits_per_token
-            rec[f"kl_{name}"] = s.kl_per_token
+            bits[name] = s.bits_per_token
+            kl_to_base[name] = s.kl_per_token
         for s, v in zip(samples, scores):
             s["score"] = v
-        rec["_samples"] = samples
-        return rec
+        measurement = Measurement(
+            score=mean, score_se=se, samples=len(scores),
+            finished_share=float(np.mean([s["finished"] for s in samples])),
+            new_tokens=float(np.mean([s["new_tokens"] for s in samples])),
+            kl_response=kl_nats / kl_tokens if kl_tokens else math.nan, bits_per_token=bits, kl_to_base=kl_to_base)
+        return measurement, samples

@@ -18,31 +18,40 @@ Stages (each cached; an interrupted experiment redoes only what is missing):
 
 The last `eval.pairs` records of the positive and negative files are held out of training: KL to the base
 and the positive / negative bits/token are measured on them. See `measurement` for every measured column
-and `rebound_analysis` for the elasticity metrics.
+and `analysis.rebound` for the elasticity metrics.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
-import random
 import shutil
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from elasticity.config import to_dict
-from elasticity.data.records import Fields, load_records
+from elasticity.data.records import load_records
 from elasticity.errors import UserError
+from elasticity.experiments.skeleton import (
+    PAPER_TRAIN,
+    ExperimentConfig,
+    Models,
+    check_experiment,
+    check_train,
+    command,
+    quiet_libraries,
+    read_pairs,
+    read_prompts,
+    say,
+    seed_order,
+    stage,
+)
+from elasticity.files import append_jsonl, read_jsonl
 from elasticity.generate import DecodingPolicy
-from elasticity.runs import Run, read_jsonl, run_stage
-from elasticity.scorers import ScorerConfig, build_scorer, check_scorer_config
+from elasticity.results import BUILT_IN_PAIRS, Point, ReboundGrid, Savings
+from elasticity.runs import Run
+from elasticity.scorers import build_scorer
 from elasticity.train.loop import TrainConfig
-
-# The paper's fine-tuning recipe: one epoch, constant lr 1e-5, no warm-up, no weight decay, AdamW (0.9, 0.95),
-# effective batch 8 (1 x 8 accumulation there; one batch of 8 here gives the same gradient), loss on responses.
-PAPER_TRAIN = TrainConfig(lr=1e-5, betas=(0.9, 0.95), weight_decay=0.0, schedule="constant", warmup_steps=0,
-                          batch_size=8, grad_accum=1, epochs=1, max_length=512, log_every=1)
 
 
 @dataclass(frozen=True)
@@ -58,7 +67,7 @@ class Evaluation:
 
 @dataclass(frozen=True)
 class Metrics:
-    """Windows and thresholds of the elasticity metrics (see `rebound_analysis`)."""
+    """Windows and thresholds of the elasticity metrics (see `analysis.rebound`)."""
 
     early_q2: int = 0  # the initial slope runs from Q2 = 0 to this grid point; 0 = the smallest Q2 > 0
     late_q2: int = 0  # the late slope runs from this grid point to the largest Q2; 0 = the second-largest
@@ -66,28 +75,20 @@ class Metrics:
 
 
 @dataclass(frozen=True)
-class Config:
+class Config(ExperimentConfig):
     """`elasticity rebound`: what to align, on what, how to measure. File fields are JSONL/JSON or hf:NAME."""
 
-    model: str = ""  # base model: a run directory, a Hugging Face model folder or a hub id
     positive: str = ""  # positive (aligned) SFT records: prompt, response
     negative: str = ""  # negative SFT records: prompt, response
     prompts: str = ""  # evaluation prompts: prompt
     heldout: tuple[str, ...] = ()  # held-out pre-training text files (text); the first measures alignment depth
-    fields: Fields = field(default_factory=Fields)
-    scorer: ScorerConfig = field(default_factory=ScorerConfig)
-    q1: tuple[int, ...] = (1000, 2000, 5000, 10000)
-    q2: tuple[int, ...] = (0, 100, 200, 500, 1000, 2000)
-    seeds: tuple[int, ...] = (0, 1, 2)
-    train: TrainConfig = field(default_factory=lambda: PAPER_TRAIN)
+    q1: tuple[int, ...] = (1000, 2000, 5000, 10000)  # positive example counts (the aligned models)
+    q2: tuple[int, ...] = (0, 100, 200, 500, 1000, 2000)  # negative example counts at which each is measured
+    train: TrainConfig = field(default_factory=lambda: PAPER_TRAIN)  # both SFTs; one epoch, constant lr
     policy: DecodingPolicy = field(default_factory=lambda: DecodingPolicy(temperature=1.0, max_new_tokens=64,
                                                                          samples_per_prompt=2))
-    eval: Evaluation = field(default_factory=Evaluation)
-    metrics: Metrics = field(default_factory=Metrics)
-    keep_models: bool = False  # keep the negative runs' checkpoints (off: only the measurements are kept)
-    device: str = "auto"  # where models are measured: auto (CUDA if present), cpu, cuda:N; training runs where
-    # accelerate puts it
-    trust_remote_code: bool = False
+    eval: Evaluation = field(default_factory=Evaluation)  # how much is measured at every grid point
+    metrics: Metrics = field(default_factory=Metrics)  # windows and thresholds of the elasticity metrics
 
 
 @dataclass
@@ -125,49 +126,30 @@ def check(cfg: Config) -> Data:
     Raises:
         UserError: one line naming the field and the fix.
     """
-    for key in ("model", "positive", "negative", "prompts"):
-        if not getattr(cfg, key):
-            raise UserError(f"missing config key '{key}' (set --{key})")
+    check_experiment(cfg, ("model", "positive", "negative", "prompts"))
     q1 = _grid("q1", cfg.q1, allow_zero=False)
     q2 = tuple(sorted({0, *_grid("q2", cfg.q2, allow_zero=True)}))
-    if not cfg.seeds:
-        raise UserError("seeds is empty: give at least one seed (e.g. --seeds 0 1 2)")
-    if len(set(cfg.seeds)) != len(cfg.seeds):
-        raise UserError(f"seeds must be distinct, got {list(cfg.seeds)}")
     t = cfg.train
     if t.epochs != 1 or t.schedule != "constant" or t.max_steps is not None:
         raise UserError("rebound's nested runs need train.epochs 1, train.schedule constant and no train.max_steps "
                         "(then the first q examples of a run are a run on q examples)")
-    if t.lr <= 0 or t.batch_size < 1 or t.grad_accum < 1:
-        raise UserError("train.lr must be > 0 and train.batch_size, train.grad_accum >= 1")
-    cfg.policy.check()
+    check_train("train", t)
     ev = cfg.eval
     if ev.pairs < 1 or ev.docs < 1 or ev.prompts < 0 or ev.batch_size < 1:
         raise UserError("eval.pairs, eval.docs and eval.batch_size must be >= 1, eval.prompts >= 0")
     if cfg.metrics.kl_epsilon <= 0:
         raise UserError(f"metrics.kl_epsilon must be > 0, got {cfg.metrics.kl_epsilon}")
-    check_scorer_config(cfg.scorer)
-
-    from elasticity.models.hf import resolve_device, resolve_model_source
-
-    resolve_device(cfg.device)
-    resolve_model_source(cfg.model)
-    need = ("prompt", "response")
-    pos = load_records(cfg.positive, need, cfg.fields)
-    neg = load_records(cfg.negative, need, cfg.fields)
+    pos, neg = read_pairs(cfg.positive, cfg.fields), read_pairs(cfg.negative, cfg.fields)
     for name, pool, grid in (("positive", pos, q1), ("negative", neg, q2)):
         if grid[-1] > len(pool) - ev.pairs:
             key = "q1" if name == "positive" else "q2"
-            raise UserError(f"{key} asks for {grid[-1]} {name} examples but {cfg.__dict__[name]} has {len(pool)} "
+            raise UserError(f"{key} asks for {grid[-1]} {name} examples but {getattr(cfg, name)} has {len(pool)} "
                             f"records, {ev.pairs} of them held out (eval.pairs): lower {key} or eval.pairs")
-    prompts = [r["prompt"] for r in load_records(cfg.prompts, ("prompt",), cfg.fields)]
-    prompts = prompts[: ev.prompts] if ev.prompts else prompts
-    if not prompts:
-        raise UserError(f"{cfg.prompts} has no prompts")
+    prompts = read_prompts(cfg.prompts, cfg.fields, ev.prompts)
     texts = {}
     for path in cfg.heldout:
         name = _text_name(path)
-        if name in texts or name in ("positive", "negative", "response"):
+        if name in texts or name in (*BUILT_IN_PAIRS, "response"):
             raise UserError(f"heldout: two files, or a file and a built-in set, share the name '{name}'; rename one")
         texts[name] = [r["text"] for r in load_records(path, ("text",), cfg.fields)][: ev.docs]
     early = late = 0  # with fewer than two Q2 > 0 there is no late slope: the shape metrics are skipped
@@ -180,18 +162,6 @@ def check(cfg: Config) -> Data:
     return Data(pos[: len(pos) - ev.pairs], neg[: len(neg) - ev.pairs],
                 {"positive": pos[len(pos) - ev.pairs:], "negative": neg[len(neg) - ev.pairs:]},
                 prompts, texts, q1, q2, early, late)
-
-
-def seed_order(n: int, seed: int) -> list[int]:
-    """The data order of one seed: a permutation of range(n) fixed by the seed (shared by every Q1 and Q2)."""
-    order = list(range(n))
-    random.Random(seed).shuffle(order)
-    return order
-
-
-def _append(path: Path, record: dict) -> None:
-    with open(path, "a") as f:  # one write per line, like Run.log: a crash never leaves half a record
-        f.write(json.dumps(record) + "\n")
 
 
 def _train_cfg(cfg: Config, seed: int, marks: tuple[int, ...]) -> TrainConfig:
@@ -209,55 +179,48 @@ def _inputs(cfg: Config) -> dict:
             **{f"heldout:{h}": h for h in cfg.heldout}}
 
 
-def _load(source: str, cfg: Config):
-    """A model on the measuring device (training moves it where accelerate says)."""
-    from elasticity.models.hf import load_causal_lm
-
-    return load_causal_lm(source, cfg.trust_remote_code, device=cfg.device)
-
-
-class _Kit:
-    """The evaluator, built once on first use (a fully cached experiment never loads a model)."""
+class Kit:
+    """The models and the evaluator, built on first use (a fully cached experiment never loads a model)."""
 
     def __init__(self, cfg: Config, data: Data, scorer):
-        self.cfg, self.data, self.scorer, self._ev = cfg, data, scorer, None
+        self.cfg, self.data, self.scorer, self.models, self._ev = cfg, data, scorer, Models(cfg), None
 
-    def get(self):
+    def evaluator(self):
         if self._ev is None:
             from elasticity.experiments.measurement import Evaluator
-            base, tok = _load(self.cfg.model, self.cfg)
+
+            base, tok = self.models.with_tokenizer(self.cfg.model)
             self._ev = Evaluator(self.scorer, tok, base, self.data.prompts, self.cfg.policy,
                                  self.data.heldout_pairs, self.data.texts, self.cfg.train.max_length,
                                  self.cfg.eval.score_prompt, self.cfg.eval.batch_size)
             if self._ev.truncated:
-                print(f"[rebound] {self._ev.truncated} evaluation sequences truncated to "
-                      f"{self.cfg.train.max_length} tokens", file=sys.stderr)
+                say("rebound", f"{self._ev.truncated} evaluation sequences truncated to {self.cfg.train.max_length} "
+                               "tokens")
         return self._ev
 
+    def record(self, run: Run, model, q1: int, seed: int | None, q2: int, examples: int, tokens: int, steps: int,
+               train_loss: float | None) -> Point:
+        """Measure `model` and append the point (and its scored samples) to the stage's files."""
+        measurement, samples = self.evaluator().measure(model)
+        point = Point(q1, seed, q2, examples, tokens, steps, train_loss, measurement)
+        for s in samples:
+            append_jsonl(run.file("samples.jsonl"), {"q2": q2, **s})
+        append_jsonl(run.file("points.jsonl"), point.to_record())
+        return point
 
-def _record_point(run: Run, ev, model, point: dict) -> dict:
-    rec, samples = ev.measure(model, with_samples=True)
-    point = {**point, **rec}
-    for s in samples:
-        _append(run.file("samples.jsonl"), {"q2": point["q2"], **s})
-    _append(run.file("points.jsonl"), point)
-    return point
 
-
-def base_stage(cfg: Config, data: Data, kit: _Kit, runs_root: Path) -> Run:
+def base_stage(cfg: Config, data: Data, kit: Kit, runs_root: Path) -> Run:
     """Measure the base model once (the dashed line and every KL's reference)."""
     def work(run: Run) -> None:
         for p in (run.file("points.jsonl"), run.file("samples.jsonl")):
             p.unlink(missing_ok=True)
-        model, _ = _load(cfg.model, cfg)
-        point = _record_point(run, kit.get(), model, {"q1": 0, "q2": 0, "seed": None, "examples": 0,
-                                                       "tokens": 0, "steps": 0, "train_loss": None})
-        print(f"[rebound] base model: score {point['score']:.3f} +- {point['score_se']:.3f}", file=sys.stderr)
+        point = kit.record(run, kit.models.get(cfg.model), 0, None, 0, 0, 0, 0, None)
+        say("rebound", f"base model: score {point.measurement.score:.3f} +- {point.measurement.score_se:.3f}")
 
-    return run_stage(runs_root, "rebound-base", _measure_key(cfg, data), _inputs(cfg), work, quiet=True)
+    return stage(runs_root, "rebound-base", _measure_key(cfg, data), _inputs(cfg), work)
 
 
-def positive_stage(cfg: Config, data: Data, seed: int, runs_root: Path) -> Run:
+def positive_stage(cfg: Config, data: Data, kit: Kit, seed: int, runs_root: Path) -> Run:
     """One positive SFT per seed over the first max(Q1) examples of the seed's order, checkpointed at every Q1."""
     from elasticity.data.tokenize import tokenize_records
     from elasticity.train.loop import train
@@ -265,9 +228,7 @@ def positive_stage(cfg: Config, data: Data, seed: int, runs_root: Path) -> Run:
     tcfg = _train_cfg(cfg, seed, data.q1)
 
     def work(run: Run) -> None:
-        from elasticity.models.hf import load_causal_lm
-
-        model, tok = load_causal_lm(cfg.model, cfg.trust_remote_code)
+        model, tok = kit.models.fresh(cfg.model)
         model.train()
         order = seed_order(len(data.positive), seed)[: data.q1[-1]]
         examples = tokenize_records([data.positive[i] for i in order], tok, tcfg.max_length, "positive")
@@ -277,8 +238,7 @@ def positive_stage(cfg: Config, data: Data, seed: int, runs_root: Path) -> Run:
             if progress.examples in data.q1:
                 marks[progress.examples] = {"tokens": progress.tokens, "steps": progress.step}
 
-        print(f"[rebound] seed {seed}: positive SFT on {len(examples)} examples, checkpoints at Q1 = "
-              f"{list(data.q1)}", file=sys.stderr)
+        say("rebound", f"seed {seed}: positive SFT on {len(examples)} examples, checkpoints at Q1 = {list(data.q1)}")
         summary = train(model, tok, examples, tcfg, run, on_step=on_step)
         if len(marks) < len(data.q1):  # resumed: marks before the resume point come from the checkpoints
             for q in data.q1:
@@ -288,11 +248,10 @@ def positive_stage(cfg: Config, data: Data, seed: int, runs_root: Path) -> Run:
         run.write_json("summary.json", summary)
 
     key = {"train": to_dict(tcfg), "held_out_pairs": cfg.eval.pairs, "fields": to_dict(cfg.fields)}
-    return run_stage(runs_root, "rebound-positive", key, {"base": cfg.model, "positive": cfg.positive}, work,
-                     seed=seed, quiet=True)
+    return stage(runs_root, "rebound-positive", key, {"base": cfg.model, "positive": cfg.positive}, work, seed=seed)
 
 
-def negative_stage(cfg: Config, data: Data, kit: _Kit, seed: int, q1: int, positive: Run, runs_root: Path) -> Run:
+def negative_stage(cfg: Config, data: Data, kit: Kit, seed: int, q1: int, positive: Run, runs_root: Path) -> Run:
     """One negative SFT from the Q1 checkpoint, measured at every Q2; finished Q2 points are never redone."""
     from elasticity.data.tokenize import tokenize_records
     from elasticity.train.loop import train
@@ -303,13 +262,10 @@ def negative_stage(cfg: Config, data: Data, kit: _Kit, seed: int, q1: int, posit
     def work(run: Run) -> None:
         points = read_jsonl(run.file("points.jsonl"))
         done = {p["q2"] for p in points}
-        model, tok = _load(str(positive.file("checkpoints") / f"examples-{q1}"), cfg)
-        ev = kit.get()
-        base = {"q1": q1, "seed": seed}
+        model, tok = kit.models.fresh(str(positive.file("checkpoints") / f"examples-{q1}"))
         if 0 not in done:
-            p = _record_point(run, ev, model, {**base, "q2": 0, "examples": 0, "tokens": 0, "steps": 0,
-                                               "train_loss": None})
-            print(f"[rebound] seed {seed} Q1={q1}: aligned score {p['score']:.3f}", file=sys.stderr)
+            p = kit.record(run, model, q1, seed, 0, 0, 0, 0, None)
+            say("rebound", f"seed {seed} Q1={q1}: aligned score {p.measurement.score:.3f}")
         last_step = [max((p["steps"] for p in points), default=0)]  # a resumed run's loss window starts there
 
         def on_step(progress, m) -> None:
@@ -318,11 +274,10 @@ def negative_stage(cfg: Config, data: Data, kit: _Kit, seed: int, q1: int, posit
             if progress.examples not in done:
                 losses = [r["train/loss"] for r in run.metrics()
                           if last_step[0] < r.get("step", 0) <= progress.step and "train/loss" in r]
-                p = _record_point(run, ev, m, {**base, "q2": progress.examples, "examples": progress.examples,
-                                               "tokens": progress.tokens, "steps": progress.step,
-                                               "train_loss": sum(losses) / len(losses) if losses else None})
-                print(f"[rebound] seed {seed} Q1={q1} Q2={progress.examples}: score {p['score']:.3f}, "
-                      f"KL to base {p['kl_response']:.4f}", file=sys.stderr)
+                p = kit.record(run, m, q1, seed, progress.examples, progress.examples, progress.tokens, progress.step,
+                               sum(losses) / len(losses) if losses else None)
+                say("rebound", f"seed {seed} Q1={q1} Q2={progress.examples}: score {p.measurement.score:.3f}, "
+                               f"KL to base {p.measurement.kl_response:.4f}")
             last_step[0] = progress.step
 
         if marks:
@@ -337,42 +292,59 @@ def negative_stage(cfg: Config, data: Data, kit: _Kit, seed: int, q1: int, posit
 
     key = {"train": to_dict(tcfg), "q1": q1, **_measure_key(cfg, data)}
     inputs = {"positive_run": positive, **_inputs(cfg)}
-    return run_stage(runs_root, "rebound-negative", key, inputs, work, seed=seed, quiet=True)
+    return stage(runs_root, "rebound-negative", key, inputs, work, seed=seed)
+
+
+def collect_points(base: Run, negatives: dict[tuple[int, int], Run], texts: list[str]) -> list[Point]:
+    """The base point, then every grid point sorted by (Q1, seed, Q2)."""
+    points = [Point.from_record(r, texts) for r in read_jsonl(base.file("points.jsonl"))]
+    for _, r in sorted(negatives.items()):
+        by_q2 = {p["q2"]: p for p in read_jsonl(r.file("points.jsonl"))}  # a resumed run's last word wins
+        points += [Point.from_record(by_q2[q], texts) for q in sorted(by_q2)]
+    return points
+
+
+def token_savings(positives: dict[int, Run], negatives: dict[tuple[int, int], Run], q1s, q2s) -> Savings:
+    """Training tokens actually processed by the nested runs and by the naive grid (one run per cell).
+
+    A naive cell (Q1, Q2, seed) trains on the first Q1 positives then the first Q2 negatives of that seed's
+    orders, so it costs pos(Q1) + neg(Q2) tokens, read from the nested runs at those very marks.
+    """
+    nested = naive = 0
+    for seed, pos in positives.items():
+        marks = json.loads(pos.file("marks.json").read_text())
+        nested += json.loads(pos.file("summary.json").read_text())["tokens"]
+        for q1 in q1s:
+            neg = {p["q2"]: p["tokens"] for p in read_jsonl(negatives[(q1, seed)].file("points.jsonl"))}
+            nested += neg[max(q2s)]
+            naive += sum(marks[str(q1)]["tokens"] + neg[q2] for q2 in q2s)
+    return Savings(nested, naive, len(positives) + len(negatives), len(positives) * len(q1s) * len(q2s))
 
 
 def rebound_stage(cfg: Config, runs_root: Path) -> Run:
     """Run (or reuse) the whole experiment; returns the `rebound` run holding results, metrics and figures."""
-    data = check(cfg)
-    from transformers.utils import logging as hf_logging
+    from elasticity.analysis.rebound import analyse
+    from elasticity.report.rebound_tables import write_rebound
 
-    hf_logging.disable_progress_bar()  # a "Loading weights" bar per checkpoint would bury the progress lines
-    scorer = build_scorer(cfg.scorer)  # a missing scorer model or world fails here, before any run directory
-    kit = _Kit(cfg, data, scorer)
-    runs_root = Path(runs_root)
+    data = check(cfg)
+    quiet_libraries()
+    kit = Kit(cfg, data, build_scorer(cfg.scorer))  # a missing scorer model fails here, before any run directory
     base = base_stage(cfg, data, kit, runs_root)
     positives, negatives = {}, {}
     for seed in cfg.seeds:
-        positives[seed] = positive_stage(cfg, data, seed, runs_root)
+        positives[seed] = positive_stage(cfg, data, kit, seed, runs_root)
         for q1 in data.q1:
             negatives[(q1, seed)] = negative_stage(cfg, data, kit, seed, q1, positives[seed], runs_root)
+    grid = ReboundGrid(data.q1, data.q2, tuple(cfg.seeds), cfg.train.lr, data.early, data.late,
+                       cfg.metrics.kl_epsilon, tuple(data.texts))
 
     def work(run: Run) -> None:
-        from elasticity.report.rebound_tables import write_outputs
-
-        write_outputs(run, cfg, data, base, positives, negatives)
+        points = collect_points(base, negatives, list(data.texts))
+        write_rebound(run, points, analyse(points, grid), token_savings(positives, negatives, data.q1, data.q2), grid)
 
     inputs = {"base": base, **{f"positive:{s}": r for s, r in positives.items()},
               **{f"negative:{q}:{s}": r for (q, s), r in negatives.items()}}
-    return run_stage(runs_root, "rebound", cfg, inputs, work, quiet=True)
+    return stage(runs_root, "rebound", cfg, inputs, work)
 
 
-def summary_lines(run: Run | Path) -> list[str]:
-    """The finished experiment's short summary (what the demo prints), read from its run directory."""
-    return (run if isinstance(run, Run) else Run(Path(run))).lines("summary.txt")
-
-
-def run(cfg: Config, runs_root: Path) -> None:
-    result = rebound_stage(cfg, runs_root)
-    for line in summary_lines(result):
-        print(line, file=sys.stderr)
-    print(result.path)
+run = command(rebound_stage)

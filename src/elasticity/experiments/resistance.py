@@ -28,19 +28,31 @@ from __future__ import annotations
 
 import dataclasses
 import shutil
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from elasticity.config import to_dict
-from elasticity.data.records import Fields, load_records
 from elasticity.data.tokenize import pad_id
 from elasticity.errors import UserError
-from elasticity.experiments.rebound import PAPER_TRAIN, seed_order
-from elasticity.files import write_jsonl
+from elasticity.experiments.skeleton import (
+    PAPER_TRAIN,
+    ExperimentConfig,
+    Models,
+    check_experiment,
+    check_train,
+    command,
+    quiet_libraries,
+    read_pairs,
+    read_prompts,
+    say,
+    seed_order,
+    stage,
+)
+from elasticity.files import read_json, read_jsonl, write_jsonl
 from elasticity.generate import DecodingPolicy
-from elasticity.runs import Run, read_jsonl, run_stage
-from elasticity.scorers import ScorerConfig, build_scorer, check_scorer_config
+from elasticity.results import LossCurve, ModelLoss, PathEnd, ResistanceSetup, SliceScore
+from elasticity.runs import Run
+from elasticity.scorers import build_scorer
 from elasticity.train.loop import TrainConfig
 
 DIRECTIONS = ("forward", "inverse")
@@ -54,27 +66,19 @@ class Evaluation:
 
 
 @dataclass(frozen=True)
-class Config:
+class Config(ExperimentConfig):
     """`elasticity resistance`: what to align, the slices, the pair fine-tunes. Files are JSONL/JSON or hf:NAME."""
 
-    model: str = ""  # base model: a run directory, a Hugging Face model folder or a hub id
     alignment: str = ""  # alignment SFT records: prompt, response
     prompts: str = ""  # prompts every model answers: the D's, then the last eval.heldout_prompts (held out)
     prompt_limit: int = 0  # use the file's first N prompts; 0 = all
-    fields: Fields = field(default_factory=Fields)
     slices: int = 3  # n: checkpoints after N/n, 2N/n, ..., N alignment examples
     examples: int = 0  # N: alignment examples per seed (the first N of the seed's order); 0 = all
-    seeds: tuple[int, ...] = (0, 1, 2)
     align: TrainConfig = field(default_factory=lambda: PAPER_TRAIN)  # the SFT that makes the slices
     finetune: TrainConfig = field(default_factory=lambda: PAPER_TRAIN)  # every forward and inverse fine-tune
     policy: DecodingPolicy = field(default_factory=lambda: DecodingPolicy(temperature=1.0, max_new_tokens=128))
-    eval: Evaluation = field(default_factory=Evaluation)
+    eval: Evaluation = field(default_factory=Evaluation)  # held-out prompts, the loss window, batch size
     score: bool = False  # score every model's held-out answers with `scorer` (how far each slice moved)
-    scorer: ScorerConfig = field(default_factory=ScorerConfig)
-    keep_models: bool = False  # keep the fine-tuned models of the paths (off: only their measurements)
-    device: str = "auto"  # where models answer and are measured: auto (CUDA if present), cpu, cuda:N; training
-    # runs where accelerate puts it
-    trust_remote_code: bool = False
 
 
 @dataclass
@@ -111,34 +115,19 @@ def check(cfg: Config) -> Data:
     Raises:
         UserError: one line naming the field and the fix.
     """
-    for key in ("model", "alignment", "prompts"):
-        if not getattr(cfg, key):
-            raise UserError(f"missing config key '{key}' (set --{key})")
+    check_experiment(cfg, ("model", "alignment", "prompts"), scored=cfg.score)
     if cfg.slices < 2:
         raise UserError(f"slices must be >= 2 (a pair k < l needs two slices), got {cfg.slices}")
-    if not cfg.seeds:
-        raise UserError("seeds is empty: give at least one seed (e.g. --seeds 0 1 2)")
-    if len(set(cfg.seeds)) != len(cfg.seeds):
-        raise UserError(f"seeds must be distinct, got {list(cfg.seeds)}")
     for name, t in (("align", cfg.align), ("finetune", cfg.finetune)):
-        if t.lr <= 0 or t.batch_size < 1 or t.grad_accum < 1 or t.epochs < 1:
-            raise UserError(f"{name}.lr must be > 0 and {name}.batch_size, {name}.grad_accum, {name}.epochs >= 1")
+        check_train(name, t)
     if cfg.align.epochs != 1 or cfg.align.max_steps is not None:
         raise UserError("align.epochs must be 1 and align.max_steps unset: the slices are spaced over one epoch")
-    cfg.policy.check()
     ev = cfg.eval
     if ev.heldout_prompts < 1 or ev.loss_window < 1 or ev.batch_size < 1:
         raise UserError("eval.heldout_prompts, eval.loss_window and eval.batch_size must be >= 1")
     if cfg.examples < 0 or cfg.prompt_limit < 0:
         raise UserError(f"examples and prompt_limit must be >= 0 (0 = all), got {cfg.examples}, {cfg.prompt_limit}")
-    if cfg.score:
-        check_scorer_config(cfg.scorer)
-
-    from elasticity.models.hf import resolve_device, resolve_model_source
-
-    resolve_device(cfg.device)
-    resolve_model_source(cfg.model)
-    alignment = load_records(cfg.alignment, ("prompt", "response"), cfg.fields)
+    alignment = read_pairs(cfg.alignment, cfg.fields)
     if cfg.examples > len(alignment):
         raise UserError(f"examples = {cfg.examples} but {cfg.alignment} has {len(alignment)} records: "
                         "lower examples (0 = all)")
@@ -148,8 +137,7 @@ def check(cfg: Config) -> Data:
                         f"align.grad_accum = {_batch(cfg.align)}): add data or lower the batch size")
     if n < cfg.slices:
         raise UserError(f"{cfg.slices} slices need at least {cfg.slices} alignment examples, got {n}")
-    prompts = [r["prompt"] for r in load_records(cfg.prompts, ("prompt",), cfg.fields)]
-    prompts = prompts[: cfg.prompt_limit] if cfg.prompt_limit > 0 else prompts
+    prompts = read_prompts(cfg.prompts, cfg.fields, cfg.prompt_limit)
     per_slice = (len(prompts) - ev.heldout_prompts) * cfg.policy.samples_per_prompt
     if per_slice < _batch(cfg.finetune):
         raise UserError(f"too few prompts for the slices: {cfg.prompts} has {len(prompts)} prompts, "
@@ -171,12 +159,9 @@ def _policy(cfg: Config, seed: int) -> DecodingPolicy:
     return dataclasses.replace(cfg.policy, seed=cfg.policy.seed + seed)
 
 
-def _checkpoint(slices: Run, k: int, data: Data) -> Path:
-    return slices.file("checkpoints") / f"examples-{data.marks[k - 1]}"
-
-
 def _model_source(cfg: Config, slices: Run, k: int, data: Data) -> str:
-    return cfg.model if k == 0 else str(_checkpoint(slices, k, data))
+    """Model k of a seed: the base (0) or the checkpoint of slice k."""
+    return cfg.model if k == 0 else str(slices.file("checkpoints") / f"examples-{data.marks[k - 1]}")
 
 
 def _examples(tok, records: list[dict], max_length: int, name: str):
@@ -185,36 +170,9 @@ def _examples(tok, records: list[dict], max_length: int, name: str):
     return tokenize_records(records, tok, max_length, name)
 
 
-def _load(source: str, cfg: Config):
-    """A model in eval mode on the measuring device (training moves it where accelerate says)."""
-    from elasticity.models.hf import load_causal_lm
-
-    return load_causal_lm(source, cfg.trust_remote_code, device=cfg.device)
-
-
-class _Models:
-    """The base (0) and the slices (1..n) of one seed, loaded on demand, in eval mode.
-
-    Models up to KEEP_PARAMETERS stay loaded (a tiny model loads in ~0.2 s, and the controls use each one
-    n + 1 times); larger ones are loaded for each use, so at most two are in memory at once.
-    """
-
-    KEEP_PARAMETERS = 50_000_000
-
-    def __init__(self, cfg: Config, slices: Run, data: Data):
-        self.cfg, self.slices, self.data, self._kept = cfg, slices, data, {}
-
-    def get(self, k: int):
-        if k in self._kept:
-            return self._kept[k]
-        model, _ = _load(_model_source(self.cfg, self.slices, k, self.data), self.cfg)
-        if model.num_parameters() <= self.KEEP_PARAMETERS:
-            self._kept[k] = model
-        return model
-
-
-def slices_stage(cfg: Config, data: Data, seed: int, scorer, runs_root: Path) -> Run:
+def slices_stage(cfg: Config, data: Data, models: Models, seed: int, scorer, runs_root: Path) -> Run:
     """Align once per seed with a checkpoint at every slice mark; every model answers the prompts; controls."""
+    from elasticity.generate import generate
     from elasticity.train.loop import train
 
     tcfg = dataclasses.replace(cfg.align, seed=seed, shuffle=False, checkpoint_examples=data.marks)
@@ -222,26 +180,22 @@ def slices_stage(cfg: Config, data: Data, seed: int, scorer, runs_root: Path) ->
     n = len(data.marks)
 
     def work(run: Run) -> None:
-        from elasticity.generate import generate
-
-        model, tok = _load(cfg.model, cfg)
+        model, tok = models.fresh(cfg.model)
         model.train()
         order = seed_order(len(data.alignment), seed)[: data.examples]
         examples = _examples(tok, [data.alignment[i] for i in order], tcfg.max_length, "alignment")
-        print(f"[resistance] seed {seed}: alignment SFT on {len(examples)} examples, slices after "
-              f"{list(data.marks)}", file=sys.stderr)
+        say("resistance", f"seed {seed}: alignment SFT on {len(examples)} examples, slices after {list(data.marks)}")
         # no final model: it is the last slice's checkpoint
         run.write_json("align_summary.json", train(model, tok, examples, tcfg, run, progress_bar=False,
                                                    save_final=False))
         del model  # the slices are read back from their checkpoints
 
         prompts = data.prompts + data.heldout_prompts
-        models = _Models(cfg, run, data)
         for k in range(n + 1):
             source = _model_source(cfg, run, k, data)
             # the base trains on no D: it answers only the held-out prompts (score, KL reference)
             only = list(range(len(data.prompts), len(prompts))) if k == 0 else None
-            samples = generate(models.get(k), tok, prompts, policy, indices=only)
+            samples = generate(models.get(source), tok, prompts, policy, indices=only)
             provenance = {"slice": k, "alignment_examples": 0 if k == 0 else data.marks[k - 1],
                           "model": "base" if k == 0 else str(Path(source).relative_to(run.path)),
                           "policy_seed": policy.seed}
@@ -262,10 +216,10 @@ def slices_stage(cfg: Config, data: Data, seed: int, scorer, runs_root: Path) ->
            "fields": to_dict(cfg.fields), "finetune_max_length": cfg.finetune.max_length,
            "score": to_dict(cfg.scorer) if cfg.score else None}
     inputs = {"base": cfg.model, "alignment": cfg.alignment, "prompts": cfg.prompts}
-    return run_stage(runs_root, "resistance-slices", key, inputs, work, seed=seed, quiet=True)
+    return stage(runs_root, "resistance-slices", key, inputs, work, seed=seed)
 
 
-def _controls(cfg: Config, data: Data, run: Run, tok, seed: int, models: _Models) -> None:
+def _controls(cfg: Config, data: Data, run: Run, tok, seed: int, models: Models) -> None:
     """Every model's loss on every D (the targets' difficulty) and KL between models on held-out answers.
 
     Losses use the fine-tunes' tokenisation and truncation (`finetune.max_length`), so a model's loss on D_j
@@ -273,14 +227,14 @@ def _controls(cfg: Config, data: Data, run: Run, tok, seed: int, models: _Models
     """
     from elasticity.likelihood import teacher_forced
 
-    n, ml, bs = len(data.marks), cfg.finetune.max_length, cfg.eval.batch_size
-    pad = pad_id(tok)
+    n, ml, bs, pad = len(data.marks), cfg.finetune.max_length, cfg.eval.batch_size, pad_id(tok)
     sets = {j: _examples(tok, read_jsonl(run.file(f"data-{j}.jsonl")), ml, f"D_{j}") for j in range(1, n + 1)}
     held = {j: _examples(tok, read_jsonl(run.file(f"heldout-{j}.jsonl")), ml, f"held-out answers of {j}")
             for j in range(1, n + 1)}
+    model = {i: _model_source(cfg, run, i, data) for i in range(n + 1)}
     loss_rows, kl_rows = [], []
     for i in range(n + 1):
-        m = models.get(i)
+        m = models.get(model[i])
         for j, ex in sets.items():
             s = teacher_forced(m, ex, pad, bs)
             loss_rows.append({"seed": seed, "model": i, "dataset": j, "loss": s.loss, "targets": s.tokens})
@@ -290,14 +244,14 @@ def _controls(cfg: Config, data: Data, run: Run, tok, seed: int, models: _Models
         # where theta_i puts its mass (for j < i it is the start of a forward path's distance to its target).
         for j in range(n + 1):
             if j != i:
-                s = teacher_forced(m, held[i], pad, bs, reference=models.get(j))
+                s = teacher_forced(m, held[i], pad, bs, reference=models.get(model[j]))
                 kl_rows.append({"seed": seed, "target": i, "model": j, "kl": s.kl_per_token, "targets": s.tokens})
     write_jsonl(run.file("difficulty.jsonl"), loss_rows)
     write_jsonl(run.file("kl.jsonl"), kl_rows)
 
 
-def path_stage(cfg: Config, data: Data, seed: int, k: int, l: int, direction: str, slices: Run,
-               runs_root: Path) -> Run:
+def path_stage(cfg: Config, data: Data, models: Models, seed: int, k: int, l: int, direction: str,  # noqa: E741
+               slices: Run, runs_root: Path) -> Run:
     """Forward: theta_k fine-tuned on D_l. Inverse: theta_l fine-tuned on D_k. Same settings, order and steps."""
     from elasticity.likelihood import teacher_forced
     from elasticity.train.loop import train
@@ -307,25 +261,16 @@ def path_stage(cfg: Config, data: Data, seed: int, k: int, l: int, direction: st
     tcfg = dataclasses.replace(cfg.finetune, seed=seed, shuffle=True)
 
     def work(run: Run) -> None:
-        import copy
-
-        model, tok = _load(_model_source(cfg, slices, start, data), cfg)
-        small = model.num_parameters() <= _Models.KEEP_PARAMETERS
-        start_model = copy.deepcopy(model) if small else None  # the KL reference, without a second load
+        start_source, target_source = _model_source(cfg, slices, start, data), _model_source(cfg, slices, target, data)
+        model, tok = models.fresh(start_source)
         model.train()
-        records = read_jsonl(slices.file(f"data-{target}.jsonl"))
-        examples = _examples(tok, records, tcfg.max_length, f"D_{target}")
+        examples = _examples(tok, read_jsonl(slices.file(f"data-{target}.jsonl")), tcfg.max_length, f"D_{target}")
         summary = train(model, tok, examples, tcfg, run, progress_bar=False, save_final=cfg.keep_models)
         model.eval()
-        pad = pad_id(tok)
-        bs = cfg.eval.batch_size
+        pad, bs = pad_id(tok), cfg.eval.batch_size
         held = _examples(tok, read_jsonl(slices.file(f"heldout-{target}.jsonl")), tcfg.max_length, "held-out")
-        target_model, _ = _load(_model_source(cfg, slices, target, data), cfg)
-        end = teacher_forced(target_model, held, pad, bs, reference=model)
-        del target_model
-        if start_model is None:
-            start_model, _ = _load(_model_source(cfg, slices, start, data), cfg)
-        moved = teacher_forced(model, held, pad, bs, reference=start_model)
+        end = teacher_forced(models.get(target_source), held, pad, bs, reference=model)
+        moved = teacher_forced(model, held, pad, bs, reference=models.get(start_source))
         run.write_json("path.json", {
             "seed": seed, "k": k, "l": l, "direction": direction, "start": start, "target": target,
             "steps": summary["steps"], "examples": summary["examples"], "tokens": summary["tokens"],
@@ -338,38 +283,57 @@ def path_stage(cfg: Config, data: Data, seed: int, k: int, l: int, direction: st
                 shutil.rmtree(run.file(name), ignore_errors=True)
 
     key = {"finetune": to_dict(tcfg), "k": k, "l": l, "direction": direction, "eval_batch": cfg.eval.batch_size}
-    return run_stage(runs_root, "resistance-path", key, {"slices": slices}, work, seed=seed, quiet=True)
+    return stage(runs_root, "resistance-path", key, {"slices": slices}, work, seed=seed)
+
+
+def _loss_curve(path: Run) -> list[float]:
+    return [r["train/loss"] for r in sorted(path.metrics(), key=lambda r: r["step"]) if "train/loss" in r]
+
+
+def write_results(run: Run, cfg: Config, data: Data, slices: dict[int, Run], paths: dict[tuple, Run]) -> None:
+    """The final stage's work: typed rows from the stages' files, their analysis, and the result files."""
+    from elasticity.analysis.resistance import pair_row, summarise
+    from elasticity.report.resistance import write_resistance
+
+    rows, curves, losses, scores = [], [], [], []
+    for seed, s in slices.items():
+        diff = [ModelLoss(**r) for r in read_jsonl(s.file("difficulty.jsonl"))]
+        losses += diff
+        loss = {(r.model, r.dataset): r.loss for r in diff}
+        kl = {(r["target"], r["model"]): r["kl"] for r in read_jsonl(s.file("kl.jsonl"))}
+        if cfg.score:
+            for k in range(len(data.marks) + 1):
+                recs = read_jsonl(s.file(f"heldout-{k}.jsonl"))
+                scores.append(SliceScore(seed, k, sum(r["score"] for r in recs) / len(recs)))
+        for k, l in data.pairs:  # noqa: E741
+            c = {d: _loss_curve(paths[(seed, k, l, d)]) for d in DIRECTIONS}
+            ends = {d: PathEnd.from_record(read_json(paths[(seed, k, l, d)].file("path.json"))) for d in c}
+            rows.append(pair_row(seed, k, l, c, cfg.eval.loss_window, loss, kl, ends))
+            curves += [LossCurve(seed, k, l, d, values) for d, values in c.items()]
+    setup = ResistanceSetup(data.marks, len(data.prompts), cfg.policy.samples_per_prompt, tuple(cfg.seeds),
+                            cfg.finetune.lr, cfg.eval.loss_window, tuple(data.pairs))
+    write_resistance(run, setup, rows, summarise(rows, cfg.seeds), curves, losses, scores)
 
 
 def resistance_stage(cfg: Config, runs_root: Path) -> Run:
     """Run (or reuse) the whole experiment; returns the `resistance` run holding tables, figures, summary."""
     data = check(cfg)
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.disable_progress_bar()
+    quiet_libraries()
     scorer = build_scorer(cfg.scorer) if cfg.score else None  # a missing scorer fails before any run directory
-    runs_root = Path(runs_root)
+    models = Models(cfg)
     slices, paths = {}, {}
     for seed in cfg.seeds:
-        slices[seed] = slices_stage(cfg, data, seed, scorer, runs_root)
-        for k, l in data.pairs:
+        slices[seed] = slices_stage(cfg, data, models, seed, scorer, runs_root)
+        for k, l in data.pairs:  # noqa: E741
             for direction in DIRECTIONS:
-                paths[(seed, k, l, direction)] = path_stage(cfg, data, seed, k, l, direction, slices[seed],
+                paths[(seed, k, l, direction)] = path_stage(cfg, data, models, seed, k, l, direction, slices[seed],
                                                             runs_root)
-        print(f"[resistance] seed {seed}: {len(data.pairs)} pairs done", file=sys.stderr)
-
-    def work(run: Run) -> None:
-        from elasticity.report.resistance_outputs import write_outputs
-
-        write_outputs(run, cfg, data, slices, paths)
+        models.clear()  # this seed's slices are not used again
+        say("resistance", f"seed {seed}: {len(data.pairs)} pairs done")
 
     inputs = {**{f"slices:{s}": r for s, r in slices.items()},
               **{f"path:{s}:{k}:{l}:{d}": r for (s, k, l, d), r in paths.items()}}
-    return run_stage(runs_root, "resistance", cfg, inputs, work, quiet=True)
+    return stage(runs_root, "resistance", cfg, inputs, lambda run: write_results(run, cfg, data, slices, paths))
 
 
-def run(cfg: Config, runs_root: Path) -> None:
-    result = resistance_stage(cfg, runs_root)
-    for line in result.lines("summary.txt"):
-        print(line, file=sys.stderr)
-    print(result.path)
+run = command(resistance_stage)

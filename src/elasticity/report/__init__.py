@@ -1,1 +1,1 @@
-"""Reports: tables and figures built from run directories only (they never load a model)."""
+"""Reports: result files and figures from typed rows (they never load a model and never read a stage)."""

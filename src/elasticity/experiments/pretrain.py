@@ -19,14 +19,23 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from elasticity.data.tokenize import encode_text
 from elasticity.errors import UserError
-from elasticity.generate import DecodingPolicy
+from elasticity.files import write_jsonl
+from elasticity.generate import DecodingPolicy, generate
+from elasticity.likelihood import teacher_forced
+from elasticity.models.hf import load_causal_lm
 from elasticity.models.spec import ModelConfig
 from elasticity.models.tiny import SIZES
 from elasticity.runs import Run, run_stage
+from elasticity.stats import LN2
+from elasticity.train.command import Config as TrainCommand
+from elasticity.train.command import train_stage
 from elasticity.train.loop import TrainConfig
 from elasticity.world.command import Config as WorldConfig
 from elasticity.world.command import build_world
+from elasticity.world.consistency import consistency_report
+from elasticity.world.oracle import load_oracle
 from elasticity.world.world import CARD_FILE, COMPONENTS
 
 PRETRAIN = TrainConfig(
@@ -61,9 +70,6 @@ def _check(cfg: Config) -> None:
 
 def pretrain_model(cfg: Config, size: str, runs_root: Path, world: Run | None = None) -> tuple[Run, Run]:
     """Build (or reuse) the world and pre-train (or reuse) one model of `size`; returns (world, train) runs."""
-    from elasticity.train.command import Config as TrainCommand
-    from elasticity.train.command import train_stage
-
     _check(cfg)
     world = world or build_world(cfg.world, runs_root)
     per_step = cfg.train.batch_size * cfg.train.grad_accum * cfg.train.max_length
@@ -103,11 +109,6 @@ def evaluate_model(folder: Path, world: Run, n_docs: int) -> dict:
     The true rate is the paired one, sum of exact nats / sum of tokens of the same documents, with the
     card's sampled entropy rate (and its SE) beside it.
     """
-    from elasticity.data.tokenize import encode_text
-    from elasticity.likelihood import teacher_forced
-    from elasticity.models.hf import load_causal_lm
-    from elasticity.stats import LN2
-
     card = json.loads(world.file(CARD_FILE).read_text())
     model, tok = load_causal_lm(str(folder))
     row = {}
@@ -127,11 +128,6 @@ def evaluate_model(folder: Path, world: Run, n_docs: int) -> dict:
 
 def sample_report(folder: Path, world: Run, policy: DecodingPolicy) -> tuple[dict, list[dict]]:
     """Oracle-scored samples from the held-out review openings: positive rate and sentiment consistency."""
-    from elasticity.generate import generate
-    from elasticity.models.hf import load_causal_lm
-    from elasticity.world.consistency import consistency_report
-    from elasticity.world.oracle import load_oracle
-
     card = json.loads(world.file(CARD_FILE).read_text())
     prompts = [json.loads(x)["prompt"] for x in world.file("eval_prompts.jsonl").read_text().splitlines()]
     model, tok = load_causal_lm(str(folder))
@@ -181,8 +177,6 @@ def report_stage(cfg: Config, runs_root: Path) -> Run:
         run.write_json("table.json", rows)
         run.write_text("table.md", _table(rows))
         report, samples = sample_report(trains[cfg.sizes[0]].file("model"), world, cfg.samples)
-        from elasticity.files import write_jsonl
-
         write_jsonl(run.file("samples.jsonl"), samples)
         run.write_json("samples_report.json", {"model": str(trains[cfg.sizes[0]].path), **report})
 

@@ -31,7 +31,8 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-from elasticity.experiments.elasticity_metrics import t_interval
+from elasticity.results import PairRow, PairSummary, PathEnd
+from elasticity.stats import finite_mean, t_interval
 
 COMPARED = ("forward_loss", "inverse_loss", "difference", "target_gap", "excess_difference", "start_forward",
             "start_inverse", "kl_start_forward", "kl_start_inverse", "kl_end_forward", "kl_end_inverse",
@@ -42,7 +43,8 @@ COMPARED = ("forward_loss", "inverse_loss", "difference", "target_gap", "excess_
 def final_loss(losses: Sequence[float], window: int) -> float:
     """Mean of the last `window` step losses (all of them if there are fewer).
 
-    Example: losses (3.0, 2.0, 1.5, 1.0), window 2 -> (1.5 + 1.0) / 2 = 1.25.
+    >>> final_loss([3.0, 2.0, 1.5, 1.0], 2), final_loss([2.0], 5)
+    (1.25, 2.0)
     """
     if not losses:
         return math.nan
@@ -50,66 +52,39 @@ def final_loss(losses: Sequence[float], window: int) -> float:
     return sum(tail) / len(tail)
 
 
-def pair_row(seed: int, k: int, l: int, curves: dict[str, list[float]], window: int,
+def pair_row(seed: int, k: int, l: int, curves: dict[str, list[float]], window: int,  # noqa: E741
              loss: dict[tuple[int, int], float], kl: dict[tuple[int, int], float],
-             ends: dict[str, dict]) -> dict:
+             ends: dict[str, PathEnd]) -> PairRow:
     """One (seed, pair) row of every number in the module doc.
 
     Args:
         curves: per direction, the training loss of every step.
         loss: (model, dataset) -> loss before any fine-tune (model 0 is the base, j a slice).
         kl: (target, model) -> KL(theta_target || theta_model) on the target's held-out answers.
-        ends: per direction, the path's `path.json` (kl_target_end, kl_moved, steps, examples, tokens).
+        ends: per direction, the end of the path.
     """
-    fwd, inv = final_loss(curves["forward"], window), final_loss(curves["inverse"], window)
-    h_l, h_k = loss[(l, l)], loss[(k, k)]
-    row = {"seed": seed, "k": k, "l": l, "pair": f"{l}/{k}", "forward_loss": fwd, "inverse_loss": inv,
-           "difference": fwd - inv, "inverse_lower": inv < fwd, "entropy_target_forward": h_l,
-           "entropy_target_inverse": h_k, "target_gap": h_l - h_k, "excess_forward": fwd - h_l,
-           "excess_inverse": inv - h_k, "excess_difference": (fwd - h_l) - (inv - h_k),
-           "start_forward": loss[(k, l)], "start_inverse": loss[(l, k)],
-           "base_on_target_forward": loss[(0, l)], "base_on_target_inverse": loss[(0, k)]}
-    for d, start, target in (("forward", k, l), ("inverse", l, k)):
-        e = ends[d]
-        row[f"kl_start_{d}"] = kl[(target, start)]
-        row[f"kl_end_{d}"] = e["kl_target_end"]
-        row[f"kl_change_{d}"] = kl[(target, start)] - e["kl_target_end"]
-        row[f"kl_left_{d}"] = e["kl_target_end"] / kl[(target, start)] if kl[(target, start)] > 0 else math.nan
-        row[f"kl_moved_{d}"] = e["kl_moved"]
-        row[f"heldout_loss_{d}"] = e["heldout_loss_end"]
-        for key in ("steps", "examples", "tokens"):
-            row[f"{key}_{d}"] = e[key]
-    row["kl_end_difference"] = row["kl_end_forward"] - row["kl_end_inverse"]
-    row["kl_left_difference"] = row["kl_left_forward"] - row["kl_left_inverse"]
-    row["inverse_closed_more"] = row["kl_left_inverse"] < row["kl_left_forward"]
-    return row
+    return PairRow(seed, k, l, final_loss(curves["forward"], window), final_loss(curves["inverse"], window),
+                   loss[(l, l)], loss[(k, k)], loss[(k, l)], loss[(l, k)], loss[(0, l)], loss[(0, k)],
+                   kl[(l, k)], kl[(k, l)], ends["forward"], ends["inverse"])
 
 
-def summarise(rows: list[dict], seeds: Sequence[int]) -> list[dict]:
+def summarise(rows: list[PairRow], seeds: Sequence[int]) -> list[PairSummary]:
     """Per pair and over all pairs ("all"): every compared number's 95% t-interval over seeds, and counts.
 
     The "all" row averages the pairs within each seed first (pairs of one seed share their slices, so they
     are not independent), then takes the interval over those per-seed means.
     """
+    records = [r.to_record() for r in rows]
     out = []
-    pairs = sorted({(r["k"], r["l"]) for r in rows})
-    for k, l in pairs:
-        rs = [r for r in rows if (r["k"], r["l"]) == (k, l)]
-        out.append(_summary_row(f"{l}/{k}", rs, {key: [r[key] for r in rs] for key in COMPARED}))
-    per_seed = {key: [_mean([r[key] for r in rows if r["seed"] == s]) for s in seeds] for key in COMPARED}
-    out.append(_summary_row("all", rows, per_seed))
+    for k, l in sorted({(r.k, r.l) for r in rows}):  # noqa: E741
+        rs = [r for r in records if (r["k"], r["l"]) == (k, l)]
+        out.append(_summary(f"{l}/{k}", rs, {key: [r[key] for r in rs] for key in COMPARED}))
+    per_seed = {key: [finite_mean([r[key] for r in records if r["seed"] == s]) for s in seeds] for key in COMPARED}
+    out.append(_summary("all", records, per_seed))
     return out
 
 
-def _mean(values: list[float]) -> float:
-    finite = [v for v in values if v is not None and math.isfinite(v)]
-    return sum(finite) / len(finite) if finite else math.nan
-
-
-def _summary_row(pair: str, rows: list[dict], values: dict[str, list[float]]) -> dict:
-    row = {"pair": pair, "cells": len(rows), "inverse_lower": sum(bool(r["inverse_lower"]) for r in rows),
-           "inverse_closed_more": sum(bool(r["inverse_closed_more"]) for r in rows)}
-    for key, vs in values.items():
-        iv = t_interval(vs)
-        row.update({key: iv.mean, f"{key}_lo": iv.lo, f"{key}_hi": iv.hi, f"{key}_n": iv.n})
-    return row
+def _summary(pair: str, records: list[dict], values: dict[str, list[float]]) -> PairSummary:
+    return PairSummary(pair, len(records), sum(bool(r["inverse_lower"]) for r in records),
+                       sum(bool(r["inverse_closed_more"]) for r in records),
+                       {key: t_interval(vs) for key, vs in values.items()})

@@ -23,13 +23,14 @@ from pathlib import Path
 
 from elasticity.config import load_config
 from elasticity.errors import UserError
+from elasticity.experiments import rebound, resistance
+from elasticity.experiments.pretrain import Config as PretrainConfig
+from elasticity.experiments.pretrain import pretrain_model, report_stage
 from elasticity.runs import Run, run_stage
 from elasticity.theory.command import Config as TheoryConfig
 from elasticity.theory.command import compute as theory_stage
 from elasticity.theory.command import summary_lines as theory_lines
 from elasticity.world.command import build_world
-from elasticity.world.pretrain import Config as PretrainConfig
-from elasticity.world.pretrain import pretrain_model, report_stage
 
 
 @dataclass(frozen=True)
@@ -81,9 +82,7 @@ def _preset(cls, preset: str, key: str, paths: dict):
 
 def rebound_config(preset: str, world: Run, model: Run):
     """The rebound preset with the world's files and the pre-trained model filled in."""
-    from elasticity.experiments.rebound import Config as ReboundConfig
-
-    return _preset(ReboundConfig, preset, "rebound_preset", {
+    return _preset(rebound.Config, preset, "rebound_preset", {
         "model": str(model.path),
         "positive": str(world.file("sft_positive.jsonl")),
         "negative": str(world.file("sft_negative.jsonl")),
@@ -95,9 +94,7 @@ def rebound_config(preset: str, world: Run, model: Run):
 
 def resistance_config(preset: str, world: Run, model: Run):
     """The resistance preset: align on the world's positive reviews, answer its evaluation openings."""
-    from elasticity.experiments.resistance import Config as ResistanceConfig
-
-    return _preset(ResistanceConfig, preset, "resistance_preset", {
+    return _preset(resistance.Config, preset, "resistance_preset", {
         "model": str(model.path),
         "alignment": str(world.file("sft_positive.jsonl")),
         "prompts": str(world.file("eval_prompts.jsonl")),
@@ -114,35 +111,28 @@ def demo_stage(cfg: Config, runs_root: Path) -> Run:
     _say("2/5 theory")
     theory = theory_stage(cfg.theory, runs_root)
     sections = {"pretrain": pre, "theory": theory}
-    rebound = None
     if cfg.rebound:
         _say("3/5 rebound")
-        from elasticity.experiments.rebound import rebound_stage
-
-        rebound = rebound_stage(rebound_config(cfg.rebound_preset, world, model), runs_root)
-        sections["rebound"] = rebound
-    resistance = None
+        sections["rebound"] = rebound.rebound_stage(rebound_config(cfg.rebound_preset, world, model), runs_root)
     if cfg.resistance:
         _say("4/5 resistance")
-        from elasticity.experiments.resistance import resistance_stage
-
-        resistance = resistance_stage(resistance_config(cfg.resistance_preset, world, model), runs_root)
-        sections["resistance"] = resistance
+        sections["resistance"] = resistance.resistance_stage(
+            resistance_config(cfg.resistance_preset, world, model), runs_root)
 
     def work(run: Run) -> None:
         lines = ["# elasticity demo", ""]
-        if rebound is not None:
-            from elasticity.experiments.rebound import summary_lines as rebound_lines
-
-            lines += ["## Rebound", "", *rebound_lines(rebound), ""]
-            _copy(rebound.path, run.path, sorted(p.name for p in rebound.path.glob("*") if p.suffix in
-                                                  (".png", ".csv", ".md", ".json") and p.name != "meta.json"))
-        if resistance is not None:
-            lines += ["## Resistance: forward vs inverse alignment", "", *resistance.lines("summary.txt"), "",
-                      resistance.file("table.md").read_text(), resistance.file("difficulty.md").read_text()]
+        if "rebound" in sections:
+            reb = sections["rebound"]
+            lines += ["## Rebound", "", *reb.lines("summary.txt"), ""]
+            _copy(reb.path, run.path, sorted(p.name for p in reb.path.glob("*") if p.suffix in
+                                             (".png", ".csv", ".md", ".json") and p.name != "meta.json"))
+        if "resistance" in sections:
+            res = sections["resistance"]
+            lines += ["## Resistance: forward vs inverse alignment", "", *res.lines("summary.txt"), "",
+                      res.file("table.md").read_text(), res.file("difficulty.md").read_text()]
             (run.path / "resistance").mkdir(exist_ok=True)
-            _copy(resistance.path, run.path / "resistance", sorted(
-                p.name for p in resistance.path.glob("*") if p.suffix in (".png", ".csv", ".md")))
+            _copy(res.path, run.path / "resistance", sorted(
+                p.name for p in res.path.glob("*") if p.suffix in (".png", ".csv", ".md")))
         lines += _pretrain_section(pre)
         lines += ["## Theory", "", *theory_lines(theory), ""]
         _copy(theory.path, run.path, [p.name for p in theory.path.glob("*.png")])

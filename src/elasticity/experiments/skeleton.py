@@ -1,0 +1,154 @@
+"""What every experiment shares: the common config pieces, the input checks, the models, the stage wiring.
+
+An experiment module defines its `Config` (a subclass of `ExperimentConfig`), a `check(cfg) -> Data` that
+reads and validates everything before any run directory exists, its stages (each a `stage(...)` call whose
+work function only reads its inputs and writes its own directory), and a final stage whose work turns typed
+rows into files with a `report` writer. `command(...)` makes its CLI entry point.
+"""
+
+from __future__ import annotations
+
+import random
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from elasticity.data.records import Fields, load_records
+from elasticity.errors import UserError
+from elasticity.generate import DecodingPolicy
+from elasticity.runs import Run, run_stage
+from elasticity.scorers import ScorerConfig, check_scorer_config
+from elasticity.train.loop import TrainConfig
+
+# The paper's fine-tuning recipe: one epoch, constant lr 1e-5, no warm-up, no weight decay, AdamW (0.9, 0.95),
+# effective batch 8 (1 x 8 accumulation there; one batch of 8 here gives the same gradient), loss on responses.
+PAPER_TRAIN = TrainConfig(lr=1e-5, betas=(0.9, 0.95), weight_decay=0.0, schedule="constant", warmup_steps=0,
+                          batch_size=8, grad_accum=1, epochs=1, max_length=512, log_every=1)
+
+
+@dataclass(frozen=True)
+class ExperimentConfig:
+    """The config fields every experiment has (its own fields follow them)."""
+
+    model: str = ""  # base model: a run directory, a Hugging Face model folder or a hub id
+    fields: Fields = field(default_factory=Fields)  # the records' names for prompt, response and text
+    seeds: tuple[int, ...] = (0, 1, 2)  # one run of every stage per seed; intervals are over seeds
+    scorer: ScorerConfig = field(default_factory=ScorerConfig)  # the behaviour scorer (higher = more aligned)
+    policy: DecodingPolicy = field(default_factory=DecodingPolicy)  # how models answer the prompts
+    keep_models: bool = False  # keep the fine-tuned models (off: only their measurements are kept)
+    device: str = "auto"  # where models answer and are measured: auto (CUDA if present), cpu, cuda:N; training
+    # runs where accelerate puts it
+    trust_remote_code: bool = False  # let a hub checkpoint run its own modelling code
+
+
+def check_experiment(cfg: ExperimentConfig, required: tuple[str, ...], scored: bool = True) -> None:
+    """The checks every experiment needs, before anything is read: required paths, seeds, policy, scorer, device,
+    and that the base model exists.
+
+    Raises:
+        UserError: one line naming the field and the fix.
+    """
+    from elasticity.models.hf import resolve_device, resolve_model_source
+
+    for key in required:
+        if not getattr(cfg, key):
+            raise UserError(f"missing config key '{key}' (set --{key})")
+    if not cfg.seeds:
+        raise UserError("seeds is empty: give at least one seed (e.g. --seeds 0 1 2)")
+    if len(set(cfg.seeds)) != len(cfg.seeds):
+        raise UserError(f"seeds must be distinct, got {list(cfg.seeds)}")
+    cfg.policy.check()
+    if scored:
+        check_scorer_config(cfg.scorer)
+    resolve_device(cfg.device)
+    resolve_model_source(cfg.model)
+
+
+def check_train(name: str, t: TrainConfig) -> None:
+    if t.lr <= 0 or t.batch_size < 1 or t.grad_accum < 1 or t.epochs < 1:
+        raise UserError(f"{name}.lr must be > 0 and {name}.batch_size, {name}.grad_accum, {name}.epochs >= 1")
+
+
+def read_pairs(path: str, fields: Fields) -> list[dict]:
+    return load_records(path, ("prompt", "response"), fields)
+
+
+def read_prompts(path: str, fields: Fields, limit: int = 0) -> list[str]:
+    """The file's prompts, its first `limit` if limit > 0; never none."""
+    prompts = [r["prompt"] for r in load_records(path, ("prompt",), fields)]
+    prompts = prompts[:limit] if limit > 0 else prompts
+    if not prompts:
+        raise UserError(f"{path} has no prompts")
+    return prompts
+
+
+def seed_order(n: int, seed: int) -> list[int]:
+    """The data order of one seed: a permutation of range(n) fixed by the seed (shared by every stage)."""
+    order = list(range(n))
+    random.Random(seed).shuffle(order)
+    return order
+
+
+def say(experiment: str, message: str) -> None:
+    print(f"[{experiment}] {message}", file=sys.stderr, flush=True)
+
+
+class Models:
+    """The models of one experiment by source, loaded on first use on the measuring device, in eval mode.
+
+    `get` keeps models up to KEEP_PARAMETERS loaded (a tiny model loads in ~0.2 s and the controls use each
+    several times); larger ones are loaded at each use, so that at most two are in memory at once. `fresh`
+    always loads a new copy: the one to train. A kept model is never trained.
+    """
+
+    KEEP_PARAMETERS = 50_000_000
+
+    def __init__(self, cfg: ExperimentConfig):
+        self.cfg = cfg
+        self._kept: dict[str, tuple] = {}
+
+    def fresh(self, source: str) -> tuple:
+        """(model, tokenizer) newly loaded from `source` on the measuring device, in eval mode."""
+        from elasticity.models.hf import load_causal_lm
+
+        return load_causal_lm(source, self.cfg.trust_remote_code, device=self.cfg.device)
+
+    def get(self, source: str):
+        return self.with_tokenizer(source)[0]
+
+    def with_tokenizer(self, source: str) -> tuple:
+        if source in self._kept:
+            return self._kept[source]
+        loaded = self.fresh(source)
+        if loaded[0].num_parameters() <= self.KEEP_PARAMETERS:
+            self._kept[source] = loaded
+        return loaded
+
+    def clear(self) -> None:
+        """Free every kept model (e.g. when a seed's models will not be used again)."""
+        self._kept.clear()
+
+
+def quiet_libraries() -> None:
+    """No "Loading weights" / "Writing shards" bar per checkpoint: they would bury the experiment's own lines."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+
+
+def stage(runs_root: Path, name: str, key, inputs: dict, work: Callable[[Run], dict | None],
+          seed: int | None = None) -> Run:
+    """One cached stage of an experiment (see `runs.run_stage`): reused when finished, else computed."""
+    return run_stage(Path(runs_root), name, key, inputs, work, seed=seed, quiet=True)
+
+
+def command(experiment: Callable[[object, Path], Run]) -> Callable[[object, Path], None]:
+    """The CLI entry point of an experiment: run it, print its summary lines, then its run directory."""
+    def run(cfg, runs_root: Path) -> None:
+        result = experiment(cfg, runs_root)
+        for line in result.lines("summary.txt"):
+            print(line, file=sys.stderr)
+        print(result.path)
+
+    return run
