@@ -298,7 +298,7 @@ def test_compress_command_writes_and_prints_rates(model_dir, tmp_path, capsys, t
     assert json.loads((run / "results.json").read_text())["datasets"]["pairs"] == pairs
 
 
-def test_compress_rejects_different_tokenizers(model_dir, tmp_path):
+def test_compress_rejects_different_tokenizers(model_dir, tmp_path, capsys):
     other = tmp_path / "other"
     tok2 = train_tokenizer(["completely different text " * 20], vocab_size=280)
     build_tiny_model("0.2m", len(tok2), 16, seed=0).save_pretrained(other)
@@ -306,7 +306,10 @@ def test_compress_rejects_different_tokenizers(model_dir, tmp_path):
     runs = tmp_path / "runs"
     argv = ["compress", "--model", str(model_dir), "--data", str(model_dir / "pairs.jsonl"),
             "--reference", str(other), "--runs-dir", str(runs)]
+    capsys.readouterr()
     assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "the tokenizers of" in err[0] and "differ" in err[0]
     assert not runs.exists()
 
 

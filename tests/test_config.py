@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from elasticity.cli import COMMANDS, main
-from elasticity.config import config_hash, from_dict, load_config, read_yaml
+from elasticity.config import config_hash, from_dict, load_config, read_yaml, to_dict
 from elasticity.errors import UserError
 from elasticity.train.command import Config as TrainCommandConfig
 
@@ -44,6 +44,7 @@ def test_config_file_errors_exit_2(tmp_path, capsys):
     assert main(["train", "--config", str(f)]) == 2
     assert "unknown config key 'trainn'" in capsys.readouterr().err
     assert main(["train", "--config", str(tmp_path / "none.yaml")]) == 2
+    assert f"config file not found: {tmp_path / 'none.yaml'}" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("preset", sorted(CONFIGS.glob("*.yaml")), ids=lambda p: p.name)
@@ -52,8 +53,22 @@ def test_every_preset_loads(preset):
     command = preset.stem.split("-")[0]
     assert command in COMMANDS, f"{preset.name} must be named after its command ({', '.join(COMMANDS)})"
     module = importlib.import_module(COMMANDS[command][0])
-    load_config(module.Config, preset)
-    assert read_yaml(preset) is not None
+    loaded = to_dict(load_config(module.Config, preset))
+
+    def leaves(tree, prefix=""):
+        for key, value in tree.items():
+            if isinstance(value, dict):
+                yield from leaves(value, f"{prefix}{key}.")
+            else:
+                yield prefix + key, value
+
+    values = dict(leaves(read_yaml(preset)))
+    assert values, f"{preset.name} sets nothing"
+    for key, value in values.items():  # every value of the file is the loaded config's value, none dropped
+        node = loaded
+        for part in key.split("."):
+            node = node[part]
+        assert node == value, key
 
 
 @pytest.mark.parametrize("command", sorted(COMMANDS))
@@ -74,3 +89,45 @@ def test_a_section_given_in_part_keeps_its_parents_defaults(tmp_path):
     assert cfg.train.batch_size != TrainCommandConfig().train.batch_size  # the section class's own default
     preset = load_config(PretrainConfig, CONFIGS / "pretrain.yaml")
     assert config_hash(preset) == config_hash(PretrainConfig())  # the preset spells out the defaults
+
+
+@dataclasses.dataclass(frozen=True)
+class _Documented:
+    """A config class documented both ways.
+
+    Attributes:
+        label: what is written on it
+            (and it goes on)
+    """
+
+    size: int = 1  # how big,
+    # in units
+    label: str = ""
+    colour: tuple[int, int] = (0,
+                               1)  # red and green
+
+
+@dataclasses.dataclass(frozen=True)
+class _Inherited(_Documented):
+    extra: bool = False  # one more
+
+
+def test_field_docs_read_comments_and_docstrings():
+    from elasticity.config import field_docs
+
+    assert field_docs(_Inherited) == {"size": "how big, in units", "label": "what is written on it (and it goes on)",
+                                      "colour": "red and green", "extra": "one more"}
+
+
+@pytest.mark.parametrize("command", sorted(COMMANDS))
+def test_every_flag_has_its_field_documentation_as_help(command, capsys):
+    """Each config field's comment (or docstring entry) is its --help text: none is left undocumented."""
+    from elasticity.config import leaf_fields
+
+    module = importlib.import_module(COMMANDS[command][0])
+    fields = leaf_fields(module.Config)
+    assert [key for key, _, _, doc in fields if not doc] == []
+    assert main([command, "--help"]) == 0
+    shown = "".join(capsys.readouterr().out.split())  # argparse wraps the help text (also at hyphens)
+    for key, _, _, doc in fields:
+        assert (f"--{key}V" in shown or f"--{key}[V]" in shown) and "".join(doc.split()) in shown, key

@@ -48,7 +48,7 @@ def test_greedy_equals_transformers_generate(tiny_assets):
         assert r["response"] == tok.decode(ref[0, ids.shape[1]:], skip_special_tokens=True)
 
 
-def test_generate_command_records_policy(tiny_assets, tmp_path):
+def test_generate_command_records_policy(tiny_assets, tmp_path, capsys):
     model, tok = _model(tiny_assets)
     model.save_pretrained(tmp_path / "m")
     tok.save_pretrained(tmp_path / "m")
@@ -61,4 +61,6 @@ def test_generate_command_records_policy(tiny_assets, tmp_path):
     samples = [json.loads(x) for x in (run / "samples.jsonl").read_text().splitlines()]
     assert len(samples) == 8 and all(s["new_tokens"] <= 5 for s in samples)
     assert json.loads((run / "policy.json").read_text())["samples_per_prompt"] == 2
+    capsys.readouterr()
     assert main(args[:-2] + ["--policy.top_p", "1.5"]) == 2
+    assert "0 < top_p <= 1" in capsys.readouterr().err

@@ -26,7 +26,12 @@ def test_pretrain_report_on_a_small_world(tmp_path):
     first, last = rows[0], rows[-1]
     assert last["neutral"]["bits_per_token"] < first["neutral"]["bits_per_token"]  # it learns
     samples = json.loads((report / "samples_report.json").read_text())
-    assert samples["samples"] == 20 and 0 <= samples["positive_rate"] <= 1
+    drawn = [json.loads(line) for line in (report / "samples.jsonl").read_text().splitlines()]
+    assert samples["samples"] == len(drawn) == 20  # one sample per held-out opening
+    p = [d["p_positive"] for d in drawn]  # the rate is the mean oracle posterior of exactly these samples
+    assert samples["positive_rate"] == pytest.approx(sum(p) / 20, abs=1e-12)
+    assert samples["positive_rate_se"] == pytest.approx(
+        (sum((x - sum(p) / 20) ** 2 for x in p) / 19 / 20) ** 0.5, abs=1e-12)
     assert abs(samples["positive_rate_implied_by_mixture"] - 0.4) < 1e-9  # 0.2 / (0.2 + 0.3)
     # a second call reuses every stage
     stamp = (report / "DONE").stat().st_mtime_ns

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from elasticity.errors import UserError
-from elasticity.scorers import SCORERS, Scorer, ScorerConfig, build_scorer
+from elasticity.scorers import SCORERS, ScorerConfig, build_scorer
 
 WORDS = "the movie was good bad great awful plot actor scene film i liked hated it and but very".split()
 LABELS = {0: "NEGATIVE", 1: "NEUTRAL", 2: "POSITIVE"}
@@ -116,7 +116,9 @@ def test_classifier_label_mapping_by_name_and_index(assets):
     ]
     for kwargs, expected in cases:
         scorer = build_scorer(ScorerConfig(name="classifier", model=str(assets["roberta_fixed_dir"]), **kwargs))
-        assert isinstance(scorer, Scorer)
+        assert scorer.describe()["aligned_labels"] == {str(i): n for i, n in enumerate(("NEGATIVE", "NEUTRAL",
+                                                                                           "POSITIVE")) if i in
+                                                       scorer.aligned}
         assert scorer.score(TEXTS) == pytest.approx([expected] * len(TEXTS), abs=1e-6), kwargs
 
 

@@ -116,6 +116,7 @@ def test_bad_input_exits_2_and_writes_nothing(tiny_assets, tmp_path, capsys):
     assert main(base + ["--data", str(tmp_path / "missing.jsonl")]) == 2
     assert "data file not found" in capsys.readouterr().err
     assert main(base + ["--data", str(tiny_assets["sft"]), "--train.lrr", "1"]) == 2
+    assert "unknown config key 'train.lrr'" in capsys.readouterr().err
     assert main(base + ["--data", str(tiny_assets["sft"]), "--model.size", "7b"]) == 2
     assert "unknown model size preset" in capsys.readouterr().err
     assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())

@@ -56,9 +56,10 @@ def _subparser(sub: argparse._SubParsersAction, name: str, help_text: str, with_
             help="root of the run directories (default: $ELASTICITY_RUNS or ./runs)",
         )
         fields = leaf_fields(module.Config)
-        for key, tp, default in fields:
+        for key, tp, default, doc in fields:
             shown = "required" if default is None and not _optional(tp) else f"default: {default}"
-            p.add_argument(f"--{key}", dest=key, default=argparse.SUPPRESS, metavar="V", help=shown, **_flag_kwargs(tp))
+            p.add_argument(f"--{key}", dest=key, default=argparse.SUPPRESS, metavar="V",
+                           help=f"{doc} ({shown})" if doc else shown, **_flag_kwargs(tp))
         return p, module, fields
     return p, None, fields
 
@@ -98,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         given = vars(ns)
         overrides = {
-            key: parse_flag(tp, given[key], key) for key, tp, _ in fields if key in given
+            key: parse_flag(tp, given[key], key) for key, tp, _, _ in fields if key in given
         }
         cfg = load_config(module.Config, ns.config, overrides)
         module.run(cfg, Path(ns.runs_dir))

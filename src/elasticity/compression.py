@@ -25,7 +25,7 @@ from typing import Literal
 from elasticity.codelength import Totals, encode_documents, encode_responses, model_max_length, score_sequences
 from elasticity.data.records import HUB_PREFIX, Fields, load_records
 from elasticity.errors import UserError
-from elasticity.models.hf import resolve_device
+from elasticity.models.hf import quiet_loading, resolve_device
 from elasticity.runs import Run, run_stage, stage_path
 
 STAGE = "compress"
@@ -224,6 +224,7 @@ def run(cfg: Config, runs_root: Path) -> None:
     # models are loaded only when there is work, and before run_stage creates the run directory, so every
     # error they can raise leaves nothing behind; `work` is only called in that case
     if not finished.done:
+        quiet_loading()
         device = resolve_device(cfg.device)
         model, tok = load_causal_lm(model_src, cfg.trust_remote_code)
         reference = None

@@ -7,10 +7,17 @@ merges, in order: the dataclass defaults, a YAML file (`--config`), and dotted o
 
 from __future__ import annotations
 
+import ast
 import dataclasses
 import hashlib
+import inspect
+import io
 import json
+import re
+import textwrap
+import tokenize
 import types
+from functools import cache
 from pathlib import Path
 from typing import Any, Literal, Mapping, TypeVar, Union, get_args, get_origin, get_type_hints
 
@@ -136,19 +143,75 @@ def config_hash(payload: Any) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
-def leaf_fields(cls: type, prefix: str = "") -> list[tuple[str, Any, Any]]:
-    """(dotted key, annotation, default) for every scalar or tuple field of `cls`, recursing into sections."""
+def _docstring_attributes(doc: str) -> dict[str, str]:
+    """`name: text` entries of a Google-style "Attributes:" section (continuation lines indented deeper)."""
+    out: dict[str, str] = {}
+    lines = inspect.cleandoc(doc or "").splitlines()
+    if "Attributes:" not in lines:
+        return out
+    name = None
+    for line in lines[lines.index("Attributes:") + 1:]:
+        if line and not line.startswith(" "):
+            break  # the next section
+        entry = re.match(r"^    (\w+)(?: \([^)]*\))?: (.*)$", line)
+        if entry:
+            name, out[entry.group(1)] = entry.group(1), entry.group(2).strip()
+        elif name and line.strip():
+            out[name] += " " + line.strip()
+    return out
+
+
+@cache
+def field_docs(cls: type) -> dict[str, str]:
+    """Each field's documentation: its comment in the class source (a field line's trailing comment, and the
+    comment lines right below that continue it), else its entry in the class docstring's Attributes section.
+    Inherited fields are documented where they are declared.
+
+    >>> from elasticity.data.records import Fields
+    >>> field_docs(Fields)["prompt"]
+    "the field that holds a pair's prompt"
+    """
+    docs: dict[str, str] = {}
+    for klass in reversed(cls.__mro__):
+        if not dataclasses.is_dataclass(klass):
+            continue
+        try:
+            source = textwrap.dedent(inspect.getsource(klass))
+        except (OSError, TypeError):
+            continue
+        comments = {t.start[0]: t.string.lstrip("#").strip() for t in tokenize.generate_tokens(io.StringIO(source).readline)
+                    if t.type == tokenize.COMMENT}
+        lines = source.splitlines()
+        body = ast.parse(source).body[0].body
+        own = _docstring_attributes(klass.__doc__ or "")
+        for node in body:
+            if not isinstance(node, ast.AnnAssign) or not isinstance(node.target, ast.Name):
+                continue
+            parts = [comments[n] for n in range(node.lineno, node.end_lineno + 1) if n in comments]
+            n = node.end_lineno + 1
+            while parts and n <= len(lines) and lines[n - 1].strip().startswith("#"):  # the comment goes on
+                parts.append(comments[n])
+                n += 1
+            text = " ".join(parts) or own.get(node.target.id, "")
+            if text:
+                docs[node.target.id] = text
+    return docs
+
+
+def leaf_fields(cls: type, prefix: str = "", defaults: Any = None) -> list[tuple[str, Any, Any, str]]:
+    """(dotted key, annotation, default, documentation) for every scalar or tuple field of `cls`, recursing
+    into sections. A section's defaults are its parent's (e.g. the pre-training recipe under `train`), its
+    fields' documentation its own class's."""
     hints = get_type_hints(cls)
+    docs = field_docs(cls)
     out = []
     for f in dataclasses.fields(cls):
         tp = hints[f.name]
+        default = getattr(defaults, f.name) if defaults is not None else _default(f)
         if dataclasses.is_dataclass(tp):
-            out.extend(leaf_fields(tp, prefix + f.name + "."))
+            out.extend(leaf_fields(tp, prefix + f.name + ".", default))
         else:
-            default = f.default if f.default is not dataclasses.MISSING else None
-            if f.default_factory is not dataclasses.MISSING:
-                default = f.default_factory()
-            out.append((prefix + f.name, tp, default))
+            out.append((prefix + f.name, tp, default, docs.get(f.name, "")))
     return out
 
 
@@ -218,4 +281,3 @@ def load_config(cls: type[T], path: str | Path | None = None, overrides: Mapping
     for dotted, value in (overrides or {}).items():
         _set_dotted(tree, dotted, value)
     return from_dict(cls, tree)
-

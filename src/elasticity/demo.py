@@ -40,7 +40,7 @@ class Config:
     rebound: bool = True  # run the rebound experiment (the main result); false = world, model, theory only
     rebound_preset: str = "configs/rebound-demo.yaml"  # its grid and settings; the demo fills in the paths
     resistance: bool = True  # run the resistance experiment (forward vs inverse alignment, Table 1)
-    resistance_preset: str = "configs/resistance-demo.yaml"
+    resistance_preset: str = "configs/resistance-demo.yaml"  # its settings; the demo fills in the paths
 
 
 def _say(message: str) -> None:

@@ -20,10 +20,10 @@ from elasticity.errors import UserError
 @dataclass(frozen=True)
 class DecodingPolicy:
     temperature: float = 1.0  # 0 = greedy
-    top_p: float = 1.0
-    max_new_tokens: int = 64
-    samples_per_prompt: int = 1
-    seed: int = 0
+    top_p: float = 1.0  # nucleus sampling: the smallest set of tokens whose mass reaches top_p; 1 = all
+    max_new_tokens: int = 64  # a response ends at EOS or after this many tokens
+    samples_per_prompt: int = 1  # responses drawn per prompt
+    seed: int = 0  # every (prompt, sample) draws from its own generator seeded by (seed, prompt, sample)
     batch_size: int = 64  # rows per forward pass; does not change the samples
 
     def check(self) -> None:
@@ -125,9 +125,9 @@ def _generate_batch(model, tok, ids: list[list[int]], rows, policy, pad, device)
 class Config:
     model: str = ""  # model folder, run directory or hub id
     prompts: str = ""  # JSONL/JSON records with a prompt field
-    prompt_field: str = "prompt"
+    prompt_field: str = "prompt"  # the records' field that holds the prompt
     policy: DecodingPolicy = field(default_factory=DecodingPolicy)
-    trust_remote_code: bool = False
+    trust_remote_code: bool = False  # let a hub checkpoint run its own modelling code
 
 
 def generate_stage(cfg: Config, runs_root: Path):

@@ -21,9 +21,9 @@ HUB_PREFIX = "hf:"
 class Fields:
     """Which keys of a record hold the prompt, the response and a plain-text document."""
 
-    prompt: str = "prompt"
-    response: str = "response"
-    text: str = "text"
+    prompt: str = "prompt"  # the field that holds a pair's prompt
+    response: str = "response"  # the field that holds a pair's response
+    text: str = "text"  # the field that holds a document
 
 
 def _read_file(path: Path) -> list[tuple[int, object]]:

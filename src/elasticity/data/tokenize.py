@@ -47,8 +47,12 @@ def encode_text(tok, text: str, max_length: int | None = None) -> Example:
 
 
 def pad_id(tok) -> int:
-    """The id that pads batches: the tokenizer's pad token, else its EOS (padded positions are always masked)."""
-    return tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    """The id that pads batches: the tokenizer's pad token, else its EOS, else 0 (padded positions are always
+    masked, so any id will do)."""
+    for candidate in (tok.pad_token_id, tok.eos_token_id):
+        if candidate is not None:
+            return candidate
+    return 0
 
 
 def pack_blocks(examples: list[Example], block: int) -> list[Example]:

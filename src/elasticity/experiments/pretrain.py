@@ -49,7 +49,7 @@ class Config:
     world: WorldConfig = field(default_factory=WorldConfig)
     sizes: tuple[str, ...] = ("1m",)  # model size presets; the first is the default model
     tokens: int = 0  # training tokens per model; 0 = the whole corpus once
-    checkpoint_tokens: tuple[int, ...] = (250_000, 500_000, 1_000_000, 2_000_000)
+    checkpoint_tokens: tuple[int, ...] = (250_000, 500_000, 1_000_000, 2_000_000)  # keep these pre-training volumes
     train: TrainConfig = field(default_factory=lambda: PRETRAIN)
     heldout_docs: int = 300  # documents per component scored for the table
     samples: DecodingPolicy = field(default_factory=lambda: DecodingPolicy(temperature=1.0, max_new_tokens=160))

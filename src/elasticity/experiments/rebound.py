@@ -39,7 +39,6 @@ from elasticity.experiments.skeleton import (
     check_experiment,
     check_train,
     command,
-    quiet_libraries,
     read_pairs,
     read_prompts,
     say,
@@ -48,6 +47,7 @@ from elasticity.experiments.skeleton import (
 )
 from elasticity.files import append_jsonl, read_jsonl
 from elasticity.generate import DecodingPolicy
+from elasticity.models.hf import quiet_loading
 from elasticity.results import BUILT_IN_PAIRS, Point, ReboundGrid, Savings
 from elasticity.runs import Run
 from elasticity.scorers import build_scorer
@@ -327,7 +327,7 @@ def rebound_stage(cfg: Config, runs_root: Path) -> Run:
     from elasticity.report.rebound_tables import write_rebound
 
     data = check(cfg)
-    quiet_libraries()
+    quiet_loading()
     kit = Kit(cfg, data, build_scorer(cfg.scorer))  # a missing scorer model fails here, before any run directory
     base = base_stage(cfg, data, kit, runs_root)
     positives, negatives = {}, {}

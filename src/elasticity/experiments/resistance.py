@@ -41,7 +41,6 @@ from elasticity.experiments.skeleton import (
     check_experiment,
     check_train,
     command,
-    quiet_libraries,
     read_pairs,
     read_prompts,
     say,
@@ -50,6 +49,7 @@ from elasticity.experiments.skeleton import (
 )
 from elasticity.files import read_json, read_jsonl, write_jsonl
 from elasticity.generate import DecodingPolicy
+from elasticity.models.hf import quiet_loading
 from elasticity.results import LossCurve, ModelLoss, PathEnd, ResistanceSetup, SliceScore
 from elasticity.runs import Run
 from elasticity.scorers import build_scorer
@@ -100,7 +100,8 @@ class Data:
 def slice_marks(n_examples: int, slices: int) -> tuple[int, ...]:
     """Alignment examples seen by slices 1..n: equally spaced, the last at the end of the epoch.
 
-    Example: 600 examples, 3 slices -> (200, 400, 600); 10 examples, 3 slices -> (3, 7, 10).
+    >>> slice_marks(600, 3), slice_marks(10, 3)
+    ((200, 400, 600), (3, 7, 10))
     """
     return tuple(round(i * n_examples / slices) for i in range(1, slices + 1))
 
@@ -318,7 +319,7 @@ def write_results(run: Run, cfg: Config, data: Data, slices: dict[int, Run], pat
 def resistance_stage(cfg: Config, runs_root: Path) -> Run:
     """Run (or reuse) the whole experiment; returns the `resistance` run holding tables, figures, summary."""
     data = check(cfg)
-    quiet_libraries()
+    quiet_loading()
     scorer = build_scorer(cfg.scorer) if cfg.score else None  # a missing scorer fails before any run directory
     models = Models(cfg)
     slices, paths = {}, {}

@@ -130,13 +130,6 @@ class Models:
         self._kept.clear()
 
 
-def quiet_libraries() -> None:
-    """No "Loading weights" / "Writing shards" bar per checkpoint: they would bury the experiment's own lines."""
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.disable_progress_bar()
-
-
 def stage(runs_root: Path, name: str, key, inputs: dict, work: Callable[[Run], dict | None],
           seed: int | None = None) -> Run:
     """One cached stage of an experiment (see `runs.run_stage`): reused when finished, else computed."""

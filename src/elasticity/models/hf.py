@@ -44,6 +44,13 @@ def resolve_device(name: str, key: str = "device"):
         raise UserError(f"{key}: not a torch device: {name!r} (use auto, cpu, cuda or cuda:N)") from None
 
 
+def quiet_loading() -> None:
+    """No "Loading weights" / "Writing model shards" bar per model: they would bury a command's own lines."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+
+
 def load_tokenizer(source: str, trust_remote_code: bool = False):
     from transformers import AutoTokenizer
 

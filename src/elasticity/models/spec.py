@@ -14,11 +14,11 @@ class ModelConfig:
     size: str | None = None  # or: a tiny preset built from scratch ("0.2m", "1m", "5m") ...
     tokenizer: str | None = None  # ... with this tokenizer folder
     init_seed: int = 0  # random initialisation of a tiny preset
-    trust_remote_code: bool = False
+    trust_remote_code: bool = False  # let a hub checkpoint run its own modelling code
     lora_r: int = 0  # > 0 trains LoRA adapters of this rank instead of all weights
-    lora_alpha: float = 16.0
-    lora_dropout: float = 0.0
-    lora_targets: str = "all-linear"
+    lora_alpha: float = 16.0  # LoRA scaling: the update is (alpha / r) B A
+    lora_dropout: float = 0.0  # dropout on the LoRA branch
+    lora_targets: str = "all-linear"  # modules that get adapters (peft's target_modules)
 
 
 def model_input(cfg: ModelConfig) -> str:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
+from elasticity.data.tokenize import pad_id
 from elasticity.errors import UserError
 from elasticity.scorers.hf import (
     encode,
@@ -136,11 +137,11 @@ class ClassifierScorer:
         self.empty += empty
         self.scored += len(texts)
         note_truncation(self.name, truncated, empty, len(texts), self.max_length)
-        pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        pad_token = pad_id(self.tokenizer)
         out: list[list[float]] = [[] for _ in texts]
         with torch.inference_mode():
             for batch in length_batches(ids, self.batch_size):
-                input_ids, mask, _ = pad([ids[i] for i in batch], pad_id, side="right")  # (B, T)
+                input_ids, mask, _ = pad([ids[i] for i in batch], pad_token, side="right")  # (B, T)
                 logits = self.model(input_ids=input_ids.to(self.device), attention_mask=mask.to(self.device)).logits
                 probs = logits.float().softmax(-1)  # (B, num_labels)
                 for i, row in zip(batch, probs.tolist()):

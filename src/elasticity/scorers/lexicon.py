@@ -18,9 +18,11 @@ class VaderScorer:
     "but", capitals and punctuation) and squashes the sum `x` as `x / sqrt(x^2 + 15)`. A text with no
     sentiment word scores 0.5.
 
-    Example:
-        "good" has valence 1.9 in the lexicon: compound = 1.9 / sqrt(1.9^2 + 15) = 0.4404, so the score is
-        (0.4404 + 1) / 2 = 0.7202.
+    "good" has valence 1.9 in the lexicon: compound = 1.9 / sqrt(1.9^2 + 15) = 0.4404, so the score is
+    (0.4404 + 1) / 2 = 0.7202:
+
+    >>> [round(s, 4) for s in VaderScorer().score(["good", "the movie"])]
+    [0.7202, 0.5]
     """
 
     name = "vader"

@@ -35,6 +35,7 @@ import inspect
 import math
 from typing import Any, Sequence
 
+from elasticity.data.tokenize import pad_id
 from elasticity.errors import UserError
 from elasticity.scorers.hf import (
     encode,
@@ -146,11 +147,11 @@ class ScoreModelScorer:
         self.empty += empty
         self.scored += len(texts)
         note_truncation(self.name, truncated, empty, len(texts), self.max_length)
-        pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        pad_token = pad_id(self.tokenizer)
         out = [0.0] * len(texts)
         with torch.inference_mode():
             for batch in length_batches(ids, self.batch_size):
-                input_ids, mask, positions = pad([ids[i] for i in batch], pad_id, side=self.padding_side)
+                input_ids, mask, positions = pad([ids[i] for i in batch], pad_token, side=self.padding_side)
                 kwargs = {"input_ids": input_ids.to(self.device), "attention_mask": mask.to(self.device)}
                 if self._takes_positions:
                     kwargs["position_ids"] = positions.to(self.device)

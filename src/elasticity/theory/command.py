@@ -37,29 +37,29 @@ DERIVATIVES = (
 class TreeConfig:
     """The token trees: components with Pareto leaf masses over every sequence up to `depth`."""
 
-    alphabet_size: int = 2
+    alphabet_size: int = 2  # tokens in the alphabet (the paper's trees are binary)
     depth: int = 10  # longest sequence; the full tree has (a**(depth+1)-1)/(a-1) sequences
-    components: int = 3
+    components: int = 3  # component distributions to draw
     pretrain_weights: tuple[float, ...] = (0.6, 0.2, 0.2)  # D_p = sum_c w_c component_c
     alignment_component: int = 1  # D_a is distributed like this component
     perturbation_component: int = 2  # D_t like this one
     pareto_shape: float = 1.0  # alpha > 0; rank-frequency exponent about 1/alpha
     overlap: float = 0.0  # shared fraction of sequences: 0 = disjoint components
-    seed: int = 0
+    seed: int = 0  # draws the Pareto leaf masses
 
 
 @dataclass(frozen=True)
 class SweepConfig:
     """The grid: depths d, k = |D_p|/|D_a| (log-spaced) and l = |D_t|/|D_a| (linear, from 0)."""
 
-    depths: tuple[int, ...] = (2, 4, 6, 8, 10)
-    k_min: float = 10.0
-    k_max: float = 10000.0
-    k_points: int = 13
-    l_max: float = 0.5
-    l_points: int = 26
+    depths: tuple[int, ...] = (2, 4, 6, 8, 10)  # model capacities d: the depth the tree is pruned to
+    k_min: float = 10.0  # smallest k = |D_p| / |D_a|
+    k_max: float = 10000.0  # largest k
+    k_points: int = 13  # log-spaced k values
+    l_max: float = 0.5  # largest l = |D_t| / |D_a|
+    l_points: int = 26  # l values, evenly spaced from 0
     alignment_size: float = 1000.0  # |D_a| in sequences: scales the Hooke forces, nothing else
-    huffman: bool = True
+    huffman: bool = True  # also code with Huffman lengths (integers: a step function of l)
     seeds: int = 20  # trees re-drawn with seeds tree.seed.. for the cheap robustness table (seeds.csv)
 
 

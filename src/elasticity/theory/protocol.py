@@ -56,7 +56,8 @@ def align(trees: Sequence[TokenTree], depth: int) -> tuple[list[Leaf], np.ndarra
 def mixture(dists: np.ndarray, sizes: Sequence[float]) -> np.ndarray:
     """Size-weighted mixture of the rows of ``dists``: ``sum_i |D_i| p_i / sum_i |D_i|``.
 
-    Example: rows ``(1, 0)`` and ``(0, 1)`` with sizes 3 and 1 give ``(0.75, 0.25)``.
+    >>> mixture(np.array([[1.0, 0.0], [0.0, 1.0]]), [3, 1]).tolist()
+    [0.75, 0.25]
     """
     w = np.asarray(sizes, dtype=float)
     if w.shape != (np.asarray(dists).shape[0],):
@@ -100,7 +101,9 @@ def huffman_lengths(q: np.ndarray) -> np.ndarray:
     """Binary Huffman code lengths for the distribution ``q`` (every entry must be > 0).
 
     Ties are broken by position, so the code is deterministic. A single leaf needs 0 bits.
-    Example: ``(1/2, 1/4, 1/4)`` -> ``(1, 2, 2)``.
+
+    >>> huffman_lengths(np.array([0.5, 0.25, 0.25])).tolist()
+    [1, 2, 2]
     """
     q = np.asarray(q, dtype=float)
     n = q.size

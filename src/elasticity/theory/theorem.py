@@ -130,9 +130,13 @@ def flip_point(s: Setting, k: float, which: int = 0, l_hi: float = 1e4) -> float
 def fit_loglog(x: Sequence[float], y: Sequence[float]) -> dict:
     """Least-squares line ``log y = b0 + b1 log x`` with the standard error of the slope b1.
 
-    Example: y = 3 x exactly gives slope 1, intercept log 3 and standard error 0.
     Points with y <= 0 (or non-finite) are left out and counted in ``excluded``; fewer than 3 kept points
-    give NaN (a standard error needs at least one residual degree of freedom).
+    give NaN (a standard error needs at least one residual degree of freedom). y = 3 x exactly gives slope 1,
+    intercept log 3 and standard error 0:
+
+    >>> fit = fit_loglog([1, 2, 4, 8], [3, 6, 12, 24])
+    >>> round(fit["slope"], 12), round(fit["intercept"], 12) == round(math.log(3), 12), round(fit["se"], 12)
+    (1.0, True, 0.0)
     """
     x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
     good = np.isfinite(y) & (y > 0) & np.isfinite(x) & (x > 0)

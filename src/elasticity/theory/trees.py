@@ -54,8 +54,11 @@ class TokenTree:
     ) -> "TokenTree":
         """Build a tree from explicit sequences; repeated sequences add up, and ``size`` is the total count.
 
-        Example: ``TokenTree.from_sequences([(0,), (0,), (1, 0)])`` has masses 2/3 and 1/3, size 3, and its
-        root node has EOS mass 0 (no empty sequence) and mass 1.
+        Two sequences, one of them twice; the root has EOS mass 0 (no empty sequence) and mass 1:
+
+        >>> t = TokenTree.from_sequences([(0,), (0,), (1, 0)])
+        >>> t.size, [round(float(m), 4) for m in t.masses], t.eos_mass(()), t.node_mass(())
+        (3.0, [0.6667, 0.3333], 0.0, 1.0)
         """
         if isinstance(alphabet_size, bool) or not isinstance(alphabet_size, int) or alphabet_size < 1:
             raise UserError(f"alphabet size must be a positive integer, got {alphabet_size!r}")

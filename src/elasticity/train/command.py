@@ -20,7 +20,7 @@ class Config:
     pack: bool = True  # text only: pack documents into full blocks (no padding)
     eval: tuple[str, ...] = ()  # evaluation datasets, named by file stem
     fields: Fields = field(default_factory=Fields)
-    split: str = "train"
+    split: str = "train"  # the split of a hub dataset
     train: TrainConfig = field(default_factory=TrainConfig)
 
 

@@ -26,6 +26,7 @@ from elasticity.data.tokenize import Example, pad_id
 from elasticity.errors import UserError
 from elasticity.files import write_json
 from elasticity.likelihood import teacher_forced, token_scores
+from elasticity.models.hf import quiet_loading
 from elasticity.runs import Run
 
 
@@ -33,30 +34,30 @@ from elasticity.runs import Run
 class TrainConfig:
     """Optimisation settings. Defaults follow the paper's fine-tuning runs (constant lr, AdamW 0.9/0.95)."""
 
-    lr: float = 1e-5
-    betas: tuple[float, float] = (0.9, 0.95)
-    weight_decay: float = 0.0
-    schedule: Literal["constant", "cosine"] = "constant"
-    warmup_steps: int = 0
+    lr: float = 1e-5  # peak learning rate of AdamW
+    betas: tuple[float, float] = (0.9, 0.95)  # AdamW's (beta1, beta2)
+    weight_decay: float = 0.0  # AdamW's decoupled weight decay
+    schedule: Literal["constant", "cosine"] = "constant"  # after warm-up: constant, or cosine to min_lr_ratio
+    warmup_steps: int = 0  # linear warm-up steps from lr / warmup_steps to lr
     min_lr_ratio: float = 0.1  # cosine floor, as a fraction of lr
     batch_size: int = 8  # examples per micro-batch, per process
     grad_accum: int = 1  # micro-batches per optimizer step
-    epochs: int = 1
-    max_steps: int | None = None
-    max_grad_norm: float | None = 1.0
+    epochs: int = 1  # passes over the data, each reshuffled with seed + epoch
+    max_steps: int | None = None  # stop after this many optimizer steps; none = all the epochs' steps
+    max_grad_norm: float | None = 1.0  # clip the gradient's global norm to this; none = no clipping
     bf16: bool = False  # bf16 autocast; parameters and optimizer stay fp32
-    seed: int = 0
-    max_length: int = 512
-    shuffle: bool = True
+    seed: int = 0  # the data order and the torch generator
+    max_length: int = 512  # tokens per example: longer ones are truncated (and counted); text blocks are this long
+    shuffle: bool = True  # shuffle the examples with the seed (off: the given order)
     bucket: int = 1  # sort by length within windows of this many steps (1 = inside each step: same gradient,
     # less padding); 0 = keep the order
     eval_every: int = 0  # steps between evaluations; 0 = only at the start and the end
-    eval_batch_size: int = 32
-    checkpoint_steps: tuple[int, ...] = ()
+    eval_batch_size: int = 32  # sequences per forward pass of an evaluation
+    checkpoint_steps: tuple[int, ...] = ()  # keep the model after these optimizer steps
     checkpoint_tokens: tuple[int, ...] = ()  # after the step that reaches this many input tokens
     checkpoint_examples: tuple[int, ...] = ()  # exactly after this many examples (steps are cut to fit)
     save_every: int = 0  # steps between resume states; 0 = only at checkpoints
-    log_every: int = 1
+    log_every: int = 1  # steps between training-loss records in metrics.jsonl
 
 
 @dataclass
@@ -119,9 +120,7 @@ def plan(examples: list[Example], cfg: TrainConfig, world: int = 1) -> list[Step
 def _save_model(model, tok, path: Path, accelerator, progress: Progress) -> None:
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        from transformers.utils import logging as hf_logging
-
-        hf_logging.disable_progress_bar()  # "Writing model shards" bars would bury the training bar
+        quiet_loading()  # "Writing model shards" bars would bury the training bar
         tmp = path.with_name(path.name + ".tmp")
         accelerator.unwrap_model(model).lm.save_pretrained(tmp, safe_serialization=True)
         if tok is not None:

@@ -48,9 +48,9 @@ STRUCTURE = (
 class Mixture:
     """Mixture weights of the pre-training corpus (scaled to sum to 1)."""
 
-    neutral: float = 0.5
-    positive: float = 0.2
-    negative: float = 0.3
+    neutral: float = 0.5  # factual pieces on everyday topics
+    positive: float = 0.2  # positive movie reviews
+    negative: float = 0.3  # negative movie reviews
 
 
 @dataclass(frozen=True)
@@ -58,9 +58,9 @@ class Sizes:
     """How much of everything to write."""
 
     pretrain_tokens: int = 3_000_000  # pre-training corpus size in tokens of the world's tokenizer (EOS counted)
-    sft_positive: int = 5000
-    sft_negative: int = 5000
-    eval_prompts: int = 200
+    sft_positive: int = 5000  # positive review (opening, rest) pairs
+    sft_negative: int = 5000  # negative review pairs
+    eval_prompts: int = 200  # distinct held-out review openings that no SFT record uses
     heldout_docs: int = 500  # per component, and for the mixture
     entropy_docs: int = 2000  # sampled documents per entropy-rate estimate
     check_docs: int = 100  # of those, re-parsed to check that sampled log-probs are the exact ones
@@ -71,7 +71,7 @@ class Sizes:
 class Config:
     """`elasticity world`: the world's grammar shape, mixture and sizes."""
 
-    seed: int = 0
+    seed: int = 0  # every sample of the world; the same seed gives byte-identical files
     mixture: Mixture = field(default_factory=Mixture)
     sizes: Sizes = field(default_factory=Sizes)
     zipf_a: float = 1.1  # Zipf-Mandelbrot exponent of every rank-ordered list

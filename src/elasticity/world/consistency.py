@@ -22,7 +22,11 @@ _RATING = re.compile(r"\b(" + "|".join(NUMBER_WORDS) + r") out of ten\b", re.IGN
 
 
 def rating(text: str) -> int | None:
-    """The last rating in the text, 1-10, or None. Example: `rating("Meh. Four out of ten from me.")` = 4."""
+    """The last rating in the text, 1-10, or None.
+
+    >>> rating("Meh. Four out of ten from me."), rating("No number here.")
+    (4, None)
+    """
     found = list(_RATING.finditer(text))
     return NUMBER_WORDS.index(found[-1].group(1).lower()) + 1 if found else None
 
@@ -43,8 +47,10 @@ def first_sentiment(text: str) -> str | None:
 def sentiment_consistency(text: str) -> bool | None:
     """True if the first sentiment word and the rating agree, False if not, None if either is missing.
 
-    Example: "I loved it. The plot was dull. I give it two out of ten." -> first word "loved" (positive),
-    rating 2 (negative) -> False.
+    The first sentiment word "loved" is positive, the rating 2 negative:
+
+    >>> sentiment_consistency("I loved it. The plot was dull. I give it two out of ten.")
+    False
     """
     s, r = first_sentiment(text), rating(text)
     if s is None or r is None:
@@ -55,8 +61,8 @@ def sentiment_consistency(text: str) -> bool | None:
 def consistency_report(texts: list[str]) -> dict:
     """Counts and the consistent share among texts that have both a sentiment word and a rating.
 
-    Example: ["I loved it. Nine out of ten.", "I hated it. Eight out of ten.", "I loved it."] ->
-    {"texts": 3, "judged": 2, "consistent": 1, "rate": 0.5, "no_sentiment_word": 0, "no_rating": 1}.
+    >>> consistency_report(["I loved it. Nine out of ten.", "I hated it. Eight out of ten.", "I loved it."])
+    {'texts': 3, 'judged': 2, 'consistent': 1, 'rate': 0.5, 'no_sentiment_word': 0, 'no_rating': 1}
     """
     verdicts = [sentiment_consistency(t) for t in texts]
     judged = [v for v in verdicts if v is not None]

@@ -32,7 +32,10 @@ SENTENCE_PREFIXES = ("$view|", "$plotsent|", "$verdict|", "$asp|", "$rec|", "$ra
 def zipf_weights(n: int, a: float, b: float) -> list[float]:
     """Zipf-Mandelbrot masses p(r) ~ (r + b)^-a for ranks r = 1..n, normalised.
 
-    Example: `zipf_weights(2, 1.0, 0.0)` = [2/3, 1/3] (masses 1 and 1/2).
+    Masses 1 and 1/2, normalised:
+
+    >>> [round(w, 6) for w in zipf_weights(2, 1.0, 0.0)]
+    [0.666667, 0.333333]
     """
     w = [(r + b) ** -a for r in range(1, n + 1)]
     total = sum(w)

@@ -52,8 +52,11 @@ def ratio_estimate(numerators: list[float], denominators: list[float]) -> tuple[
 
     SE(R) = sqrt( sum_i (x_i - R y_i)^2 / (n (n - 1)) ) / mean(y).
 
-    Example: x = [2, 4, 6], y = [1, 2, 2] gives R = 12 / 5 = 2.4; residuals x - R y = [-0.4, -0.8, 1.2],
-    squares sum to 2.24, / (3 * 2) = 0.37333, sqrt = 0.61101, / mean(y) = 5/3 -> SE = 0.36661.
+    x = [2, 4, 6], y = [1, 2, 2] give R = 12 / 5 = 2.4; residuals x - R y = [-0.4, -0.8, 1.2], squares sum to
+    2.24, / (3 * 2) = 0.37333, sqrt = 0.61101, / mean(y) = 5/3 -> SE = 0.36661:
+
+    >>> tuple(round(v, 5) for v in ratio_estimate([2, 4, 6], [1, 2, 2]))
+    (2.4, 0.36661)
     """
     n = len(numerators)
     if n != len(denominators) or n < 2:

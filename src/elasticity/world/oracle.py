@@ -63,8 +63,11 @@ def _logsumexp(values: list[float]) -> float:
 def posterior_from(log_likelihoods: dict[str, float], weights: dict[str, float], target: str = "positive") -> float:
     """w_t p_t / sum_c w_c p_c from log-likelihoods; the prior w_t when no component explains the text.
 
-    Example: log-likelihoods {pos: log 0.02, neg: log 0.01, neu: -inf}, weights {pos: 0.2, neg: 0.3, neu: 0.5}
-    give 0.004 / (0.004 + 0.003) = 4/7 = 0.5714.
+    Log-likelihoods (log 0.02, log 0.01, -inf) with weights (0.2, 0.3, 0.5) give 0.004 / (0.004 + 0.003) = 4/7:
+
+    >>> lls = {"positive": math.log(0.02), "negative": math.log(0.01), "neutral": -math.inf}
+    >>> round(posterior_from(lls, {"positive": 0.2, "negative": 0.3, "neutral": 0.5}), 4)
+    0.5714
     """
     joint = {c: (math.log(w) + log_likelihoods[c]) if w > 0 else -math.inf for c, w in weights.items()}
     total = _logsumexp(list(joint.values()))
