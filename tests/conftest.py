@@ -46,3 +46,38 @@ def tiny_assets(tmp_path_factory) -> dict[str, Path]:
         "sft": write_jsonl(root / "sft.jsonl", pairs),
         "root": root,
     }
+
+
+GOLDEN = Path(__file__).parent / "golden"
+
+
+def assert_matches_golden(run_dir: Path, names: list[str], folder: str) -> None:
+    """The result files equal the ones recorded in tests/golden/<folder>: every cell of every CSV, floats to
+    1e-6 relative (a CPU with other vector units may round differently), everything else exactly.
+
+    Set ELASTICITY_WRITE_GOLDEN=1 to record them anew after an intended change (and say why in the commit).
+    """
+    import csv
+    import math
+    import os
+
+    dest = GOLDEN / folder
+    if os.environ.get("ELASTICITY_WRITE_GOLDEN"):
+        dest.mkdir(parents=True, exist_ok=True)
+        for name in names:
+            (dest / name).write_bytes((run_dir / name).read_bytes())
+        return
+    for name in names:
+        want = list(csv.reader(open(dest / name)))
+        got = list(csv.reader(open(run_dir / name)))
+        assert want[0] == got[0], f"{name}: columns changed"
+        assert len(want) == len(got), f"{name}: {len(got)} rows instead of {len(want)}"
+        for i, (a, b) in enumerate(zip(want, got)):
+            for column, x, y in zip(want[0], a, b):
+                try:
+                    fx, fy = float(x), float(y)
+                except ValueError:
+                    assert x == y, f"{name} row {i} {column}: {y!r} instead of {x!r}"
+                    continue
+                same = fx == fy or (math.isnan(fx) and math.isnan(fy)) or abs(fx - fy) <= 1e-6 * max(abs(fx), abs(fy))
+                assert same, f"{name} row {i} {column}: {y} instead of {x}"

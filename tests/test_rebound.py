@@ -156,6 +156,10 @@ def test_analysis_on_hand_made_rows():
     assert t_lo.interval.hi < 0 and verdict(t_lo) == "falls faster with more alignment"
     t_rev = m[(Group.TREND, "score", Metric.SAMPLES_TO_REVERT, None)]
     assert t_rev.interval.lo > 0 and verdict(t_rev) == "more negatives needed with more alignment"
+    # the mean height above the base score: excess (0.4, 0.1, -0.1) at Q2 = (0, 10, 50) -> (2.5 + 0) / 50
+    excess = m[(Group.REVERT, "score", Metric.MEAN_EXCESS, 100)]
+    assert excess.threshold == 0.4 and excess.per_seed[0] == pytest.approx(0.05)
+    assert m[(Group.TREND, "log_odds", Metric.MEAN_EXCESS, None)].threshold == pytest.approx(log_odds(0.4, 1_000_000))
     assert m[(Group.REVERT, "kl_response", Metric.KL_MIN, 100)].interval.mean == pytest.approx(0.005)
     assert m[(Group.REVERT, "kl_response", Metric.Q2_AT_KL_MIN, 100)].per_seed == [50.0, 50.0]
     depth = m[(Group.DEPTH, "score", Metric.SCORE_GAIN, 1000)]
@@ -234,6 +238,15 @@ def test_outputs_and_token_saving(full, setup):
     assert (save["naive_tokens"], save["nested_tokens"]) == (naive, nested)
     assert (save["runs_nested"], save["runs_naive"]) == (2 + 4, 2 * 2 * 3)
     assert _point(rows, 8, 0, 12)["tokens"] == neg[0, 12]
+
+
+@pytest.mark.slow
+def test_result_files_are_the_recorded_ones(full):
+    """Rebound's files as they were when rebound was rebuilt on the experiment skeleton (byte-identical then)."""
+    from conftest import assert_matches_golden
+
+    _, run = full
+    assert_matches_golden(run.path, ["results.csv", "metrics.csv", "revert.csv", "curves.csv"], "rebound")
 
 
 @pytest.mark.slow

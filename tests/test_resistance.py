@@ -165,6 +165,13 @@ def test_table_is_reproducible_with_a_fixed_seed(full, setup):
         assert again.file(name).read_text() == full.file(name).read_text(), name
 
 
+def test_result_files_are_the_recorded_ones(full):
+    """Resistance's files as they were when it was rebuilt on the experiment skeleton (byte-identical then)."""
+    from conftest import assert_matches_golden
+
+    assert_matches_golden(full.path, ["results.csv", "table.csv", "difficulty.csv", "curves.csv"], "resistance")
+
+
 @pytest.mark.parametrize("flags, message", [
     (["--slices", "1"], "slices must be >= 2"),
     (["--eval.heldout_prompts", "14"], "too few prompts for the slices"),

@@ -146,6 +146,7 @@ class Metric(str, Enum):
     LATE_SLOPE = "late_slope"
     SLOPE_RATIO = "slope_ratio"
     SAMPLES_TO_REVERT = "samples_to_revert"  # the level is the row's threshold
+    MEAN_EXCESS = "mean_excess"  # the curve's mean height above the level (the threshold) over the Q2 grid
     KL_MIN = "kl_min"
     Q2_AT_KL_MIN = "q2_at_kl_min"
     SCORE_GAIN = "score_gain"

@@ -10,6 +10,7 @@ late start l taken from the grid:
     samples-to-revert to level c: the smallest x where the curve first reaches c, linearly interpolated
                     between the last point above c and the first at or below it; 0 if y(0) <= c already,
                     None ("not reached within the grid") if no point reaches c.
+    mean excess over level c: the trapezoid area between the curve and c, divided by x_n - x_0.
 
 Every metric is computed per seed and summarised by a Student-t interval over seeds (`stats.t_interval`).
 """
@@ -65,6 +66,20 @@ def samples_to_revert(x: Sequence[float], y: Sequence[float], level: float) -> f
                 return float(xi)
             return float(x0 + (y0 - level) / (y0 - yi) * (xi - x0))
     return None
+
+
+def mean_excess(x: Sequence[float], y: Sequence[float], level: float) -> float:
+    """The curve's mean height above `level` over the grid: the trapezoid area between them / (x_n - x_0).
+
+    One number for the whole fall: how far above the base model an aligned model stays, on average, while the
+    negative examples come in (negative where it has fallen below). The curve (0.9, 0.6, 0.4) at x = (0, 10, 50)
+    is 0.4, 0.1 and -0.1 above 0.5: (10 * 0.25 + 40 * 0) / 50 = 0.05.
+
+    >>> round(mean_excess((0, 10, 50), (0.9, 0.6, 0.4), 0.5), 12)
+    0.05
+    """
+    area = sum((b - a) * ((ya - level) + (yb - level)) / 2 for a, b, ya, yb in zip(x, x[1:], y, y[1:]))
+    return float(area / (x[-1] - x[0])) if x[-1] > x[0] else math.nan
 
 
 def curve_shape(x: Sequence[float], y: Sequence[float], early: float, late: float) -> Shape:

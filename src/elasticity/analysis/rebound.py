@@ -8,7 +8,8 @@ Output: `results.MetricRow`s, in four groups:
             score; the same Q2 in log-odds space: the logit is monotone), and Q2 at which kl_response first
             falls to kl_epsilon (threshold = epsilon; Table 3's form); "not reached within the grid" is a value
             (None) and counted (n < n_total); kl_min and q2_at_kl_min: the smallest KL to the base on the grid
-            and the Q2 where it lies
+            and the Q2 where it lies; mean_excess: the curve's mean height above the base model's score (or
+            log-odds) over the Q2 grid, the threshold (trapezoid area / max Q2)
     trend   per seed, the least-squares slope of a per-Q1 metric against log10(Q1) ("change per tenfold more
             alignment data"): the answer to "does more alignment data revert faster?" in each space
     depth   how far alignment moved the model: the aligned model's (Q2 = 0) change of bits/token on each
@@ -21,10 +22,11 @@ from __future__ import annotations
 
 import math
 
-from elasticity.analysis.curves import curve_shape, samples_to_revert, trend
+from elasticity.analysis.curves import curve_shape, mean_excess, samples_to_revert, trend
 from elasticity.results import (
     BUILT_IN_PAIRS,
     KL_RESPONSE,
+    LOG_ODDS,
     SCORE,
     Group,
     Metric,
@@ -75,6 +77,11 @@ def analyse(points: list[Point], grid: ReboundGrid) -> list[MetricRow]:
             vals = [samples_to_revert(*curve(on_grid, q1, s, view), level) for s in seeds]
             out.append(_row(Group.REVERT, view, Metric.SAMPLES_TO_REVERT, q1, vals, level))
             per_q1.setdefault((view, Metric.SAMPLES_TO_REVERT, level), []).append(vals)
+        for view in (SCORE, LOG_ODDS):  # how far above the base model the curve stays, in both spaces
+            level = view.of(base)
+            vals = [mean_excess(*curve(on_grid, q1, s, view), level) for s in seeds]
+            out.append(_row(Group.REVERT, view, Metric.MEAN_EXCESS, q1, vals, level))
+            per_q1.setdefault((view, Metric.MEAN_EXCESS, level), []).append(vals)
         # KL to the base need not fall monotonically (the negative data pulls the model past the base):
         # its smallest value on the grid and where it lies say how close the rebound came.
         mins = [_kl_min(*curve(on_grid, q1, s, KL_RESPONSE)) for s in seeds]
