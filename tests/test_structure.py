@@ -1,46 +1,24 @@
 """The house rules, checked on the source: imports run one way, one NLL/KL kernel, short modules, a true README.
 
-Imports are read with `ast` from every module, function-local ones included (a local import that hides a cycle
-is still a cycle).
+Imports are read from every module by `fingerprint.import_graph`, function-local ones included (a local import
+that hides a cycle is still a cycle), the graph that stage fingerprints follow.
 """
 
 from __future__ import annotations
 
-import ast
 import re
 from pathlib import Path
 
 import pytest
 
+from elasticity.fingerprint import import_graph, modules
+
 ROOT = Path(__file__).resolve().parents[1]
-PACKAGE = ROOT / "src" / "elasticity"
 MAX_LINES = 400
 
 
-def _module_name(path: Path) -> str:
-    parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
-    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
-
-
-MODULES = {_module_name(p): p for p in sorted(PACKAGE.rglob("*.py"))}
-
-
-def _imports(path: Path) -> set[str]:
-    """The package modules `path` imports, anywhere in it."""
-    out = set()
-    for node in ast.walk(ast.parse(path.read_text())):
-        if isinstance(node, ast.Import):
-            names = [a.name for a in node.names]
-        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            names = [f"{node.module}.{a.name}" if f"{node.module}.{a.name}" in MODULES else node.module
-                     for a in node.names]
-        else:
-            continue
-        out |= {n for n in names if n in MODULES}
-    return out
-
-
-GRAPH = {name: _imports(path) - {name} for name, path in MODULES.items()}
+MODULES = modules()
+GRAPH = {name: set(targets) for name, targets in import_graph().items()}  # what fingerprints follow, too
 
 
 def _unit(module: str) -> str:

@@ -23,10 +23,11 @@ from pathlib import Path
 from typing import Literal
 
 from elasticity.codelength import Totals, encode_documents, encode_responses, model_max_length, score_sequences
+from elasticity.config import InputPath
 from elasticity.data.records import HUB_PREFIX, Fields, load_records
 from elasticity.errors import UserError
 from elasticity.models.hf import quiet_loading, resolve_device
-from elasticity.runs import Run, run_stage, stage_path
+from elasticity.runs import Run, planned_run, run_stage
 
 STAGE = "compress"
 Kind = Literal["text", "pair"]
@@ -49,11 +50,12 @@ class Config:
         split: split of a hub dataset.
         device: "auto" (CUDA if available, else CPU), "cpu", "cuda", "cuda:1", ...
         trust_remote_code: let Hugging Face run a model's own code (off unless asked).
+        allow_pickle: read weights stored only as a pickle (.bin), which can run code when read (off).
     """
 
-    model: str
-    data: tuple[str, ...]
-    reference: str | None = None
+    model: InputPath
+    data: tuple[InputPath, ...]
+    reference: InputPath | None = None
     kind: Literal["auto", "text", "pair"] = "auto"
     max_length: int | None = None
     batch_size: int = 8
@@ -63,6 +65,7 @@ class Config:
     split: str = "train"
     device: str = "auto"
     trust_remote_code: bool = False
+    allow_pickle: bool = False
 
 
 @dataclass(frozen=True)
@@ -220,16 +223,16 @@ def run(cfg: Config, runs_root: Path) -> None:
     inputs: dict = {"model": model_src, **{f"data{i}": d.source for i, d in enumerate(datasets)}}
     if ref_src:
         inputs["reference"] = ref_src
-    finished = Run(stage_path(runs_root, STAGE, cfg, inputs))
+    finished = planned_run(runs_root, STAGE, cfg, inputs, __name__)
     # models are loaded only when there is work, and before run_stage creates the run directory, so every
     # error they can raise leaves nothing behind; `work` is only called in that case
     if not finished.done:
         quiet_loading()
         device = resolve_device(cfg.device)
-        model, tok = load_causal_lm(model_src, cfg.trust_remote_code)
+        model, tok = load_causal_lm(model_src, cfg.trust_remote_code, allow_pickle=cfg.allow_pickle)
         reference = None
         if ref_src:
-            reference, ref_tok = load_causal_lm(ref_src, cfg.trust_remote_code)
+            reference, ref_tok = load_causal_lm(ref_src, cfg.trust_remote_code, allow_pickle=cfg.allow_pickle)
             if not _same_tokenizer(tok, ref_tok):
                 raise UserError(f"the tokenizers of {cfg.model} and {cfg.reference} differ; "
                                 f"KL needs both models on the same tokens")

@@ -19,13 +19,21 @@ import tokenize
 import types
 from functools import cache
 from pathlib import Path
-from typing import Any, Literal, Mapping, TypeVar, Union, get_args, get_origin, get_type_hints
+from typing import Any, Literal, Mapping, NewType, TypeVar, Union, get_args, get_origin, get_type_hints
 
 import yaml
 
 from elasticity.errors import UserError
 
 T = TypeVar("T")
+
+# A string that names an input of a stage: a file, a folder, a run directory or a hub id. Stage names hash such a
+# field by what it identifies (its content, a run's name, a hub commit), never by where it lies (`runs.portable`).
+InputPath = NewType("InputPath", str)
+
+
+def is_input_path(tp: Any) -> bool:
+    return tp is InputPath
 _NONE_WORDS = {"none", "null", "~"}
 
 
@@ -48,6 +56,8 @@ def _coerce(tp: Any, value: Any, key: str) -> Any:
     """Check `value` against the annotation `tp`, converting only where lossless (int -> float, list -> tuple)."""
     if _is_optional(tp):
         return None if value is None else _coerce(_strip_optional(tp), value, key)
+    if is_input_path(tp):
+        tp = str
     origin = get_origin(tp)
     if dataclasses.is_dataclass(tp):
         if not isinstance(value, Mapping):
@@ -128,6 +138,8 @@ def to_dict(obj: Any) -> Any:
     """Plain, YAML/JSON-ready form of a config (tuples become lists)."""
     if dataclasses.is_dataclass(obj):
         return {f.name: to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, dict):
+        return {k: to_dict(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
         return [to_dict(v) for v in obj]
     return obj
@@ -221,6 +233,8 @@ def parse_flag(tp: Any, raw: str | list[str], key: str) -> Any:
         if isinstance(raw, str) and raw.lower() in _NONE_WORDS:
             return None
         return parse_flag(_strip_optional(tp), raw, key)
+    if is_input_path(tp):
+        tp = str
     if get_origin(tp) is tuple:
         items = raw if isinstance(raw, list) else [raw]
         args = get_args(tp)

@@ -21,7 +21,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from elasticity.config import load_config
+from elasticity.config import InputPath, load_config
 from elasticity.errors import UserError
 from elasticity.experiments import rebound, resistance
 from elasticity.experiments.pretrain import Config as PretrainConfig
@@ -38,9 +38,9 @@ class Config:
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)  # = configs/pretrain.yaml
     theory: TheoryConfig = field(default_factory=TheoryConfig)
     rebound: bool = True  # run the rebound experiment (the main result); false = world, model, theory only
-    rebound_preset: str = "configs/rebound-demo.yaml"  # its grid and settings; the demo fills in the paths
+    rebound_preset: InputPath = "configs/rebound-demo.yaml"  # its grid and settings; the demo fills in the paths
     resistance: bool = True  # run the resistance experiment (forward vs inverse alignment, Table 1)
-    resistance_preset: str = "configs/resistance-demo.yaml"  # its settings; the demo fills in the paths
+    resistance_preset: InputPath = "configs/resistance-demo.yaml"  # its settings; the demo fills in the paths
 
 
 def _say(message: str) -> None:

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import torch
 
+from elasticity.config import InputPath
 from elasticity.data.tokenize import pad_id
 from elasticity.errors import UserError
 
@@ -123,11 +124,12 @@ def _generate_batch(model, tok, ids: list[list[int]], rows, policy, pad, device)
 
 @dataclass(frozen=True)
 class Config:
-    model: str = ""  # model folder, run directory or hub id
-    prompts: str = ""  # JSONL/JSON records with a prompt field
+    model: InputPath = ""  # model folder, run directory or hub id
+    prompts: InputPath = ""  # JSONL/JSON records with a prompt field
     prompt_field: str = "prompt"  # the records' field that holds the prompt
     policy: DecodingPolicy = field(default_factory=DecodingPolicy)
     trust_remote_code: bool = False  # let a hub checkpoint run its own modelling code
+    allow_pickle: bool = False  # read weights stored only as a pickle (.bin), which can run code when read
 
 
 def generate_stage(cfg: Config, runs_root: Path):
@@ -144,7 +146,7 @@ def generate_stage(cfg: Config, runs_root: Path):
     prompts = [r["prompt"] for r in load_records(cfg.prompts, ("prompt",), Fields(prompt=cfg.prompt_field))]
 
     def work(run) -> None:
-        model, tok = load_causal_lm(cfg.model, cfg.trust_remote_code)
+        model, tok = load_causal_lm(cfg.model, cfg.trust_remote_code, allow_pickle=cfg.allow_pickle)
         samples = generate(model, tok, prompts, cfg.policy)
         write_jsonl(run.file("samples.jsonl"), samples)
         run.write_json("policy.json", asdict(cfg.policy))

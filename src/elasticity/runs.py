@@ -1,34 +1,49 @@
 """The run-directory contract: every stage writes one directory named by what determines its result.
 
-    runs/<stage>-<hash>/   hash = sha256(stage, resolved config, input hashes)[:12]
+    runs/<stage>-<hash>/   hash = sha256(stage, config, input hashes, code fingerprint)[:12]
         config.yaml        the resolved config, plus the inputs it was computed from
-        meta.json          versions, git commit, seed, device, wall time
+        meta.json          versions, git commit, code fingerprint, seed, device, wall time
         metrics.jsonl      one JSON record per line (training curves, evaluations)
         ...                the stage's results
         DONE               written last: its presence is the only "finished" signal
+        .lock              held by the one process computing the stage
 
-Asking for a finished stage returns it without recomputation. An unfinished one is handed back to the
-stage's work function, which resumes from what it finds there (training checkpoints) or redoes it.
-Every file is written atomically (temp file + rename), so a crash never leaves half a file.
+What determines a result names it, and nothing else does:
+- the config, with every input path (a field typed `config.InputPath`) replaced by what identifies the input:
+  a run's name, a file's or a folder's content hash, a hub model's commit. Moving or renaming a runs directory
+  or a dataset file reuses finished stages;
+- the code: `fingerprint.code_fingerprint` of the module that defines the stage's work. A change to code that
+  can alter a stage's outputs renames the stage; old run directories are simply not reused.
+
+Asking for a finished stage returns it without recomputation. One process computes a stage; an identical
+command started meanwhile waits for it and then reuses the result; a lock left by a process that died is free
+again, and the stage resumes. An unfinished stage is handed back to the stage's work function, which resumes
+from what it finds there (training resume states) or redoes it. Every file is written atomically (temp file +
+rename), so a crash never leaves half a file; a user error in a stage leaves nothing behind.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
+import os
 import platform
 import shutil
 import subprocess
 import sys
 import time
+import types
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Union, get_args, get_origin, get_type_hints
 
-from elasticity.config import config_hash, dump_yaml, to_dict
+from elasticity.config import config_hash, dump_yaml, is_input_path
 from elasticity.errors import UserError
 from elasticity.files import append_jsonl, atomic_write, jsonl_text, read_jsonl, write_json
+from elasticity.fingerprint import code_fingerprint
 
 DONE = "DONE"
+LOCK = ".lock"
 _LIBRARIES = ("torch", "transformers", "accelerate", "peft", "tokenizers", "datasets", "numpy")
 
 
@@ -74,36 +89,78 @@ class Run:
         atomic_write(self.path / "metrics.jsonl", jsonl_text(kept))
 
 
-def _sha256_file(path: Path, limit: int | None = None) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        if limit is None:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                h.update(block)
-        else:  # large weight files: size + head + tail, so hashing a 14 GB checkpoint stays instant
-            h.update(str(path.stat().st_size).encode())
-            h.update(f.read(limit))
-            f.seek(max(0, path.stat().st_size - limit))
-            h.update(f.read(limit))
-    return h.hexdigest()
+_HASHES: dict[tuple, str] = {}  # (path, size, mtime, inode) -> content hash: each file is read once a process
+
+
+def _file_hash(path: Path) -> str:
+    """sha256 of a file's whole content, streamed (a 14 GB checkpoint takes seconds, once per process)."""
+    st = path.stat()
+    key = (str(path.resolve()), st.st_size, st.st_mtime_ns, st.st_ino)
+    if key not in _HASHES:
+        with open(path, "rb") as f:
+            _HASHES[key] = hashlib.file_digest(f, "sha256").hexdigest()
+    return _HASHES[key]
+
+
+def _hub_hash(source: str) -> str:
+    """A hub id by the commit its files come from: the one in the local cache, else "hub:<id>" (a model that is
+    neither a local folder nor cached cannot be loaded offline anyway, and says so when it is loaded)."""
+    from huggingface_hub import try_to_load_from_cache
+
+    repo, _, revision = source.partition("@")
+    try:
+        cached = try_to_load_from_cache(repo, "config.json", revision=revision or None)
+    except Exception:  # noqa: BLE001 - an id the cache cannot even parse is not cached
+        cached = None
+    if isinstance(cached, str) and "/snapshots/" in cached:
+        return f"hub:{repo}@{cached.split('/snapshots/')[1].split('/')[0]}"
+    return f"hub:{source}"
 
 
 def input_hash(source: str | Path | Run) -> str:
-    """What identifies an input: a run's directory name, a file's content, a model folder's files, a hub id."""
+    """What identifies an input: a run's directory name, a file's content, a folder's files (names and content),
+    or a hub model's commit. Never its location."""
     if isinstance(source, Run):
         return source.name
-    path = Path(source)
+    path = Path(source).expanduser()
     if path.is_dir():
         if (path / DONE).exists():
             return path.name
         h = hashlib.sha256()
-        for p in sorted(q for q in path.rglob("*") if q.is_file()):
-            small = p.stat().st_size < (16 << 20)
-            h.update(f"{p.relative_to(path)}:{_sha256_file(p, None if small else 1 << 20)}".encode())
+        for p in sorted(q for q in path.rglob("*") if q.is_file() and q.name != LOCK):
+            h.update(f"{p.relative_to(path)}:{_file_hash(p)}\n".encode())
         return h.hexdigest()[:16]
     if path.is_file():
-        return _sha256_file(path)[:16]
-    return f"hub:{source}"
+        return _file_hash(path)[:16]
+    return _hub_hash(str(source))
+
+
+def _is_optional(tp: Any) -> bool:
+    return get_origin(tp) in (Union, types.UnionType) and type(None) in get_args(tp)
+
+
+def portable(obj: Any) -> Any:
+    """A config in the plain form `config.to_dict` gives, but with every input path (a field typed InputPath,
+    or a tuple of them) replaced by its `input_hash`, and a Run by its name: what the hash of a stage covers."""
+    if isinstance(obj, Run):
+        return obj.name
+    if dataclasses.is_dataclass(obj):
+        hints, out = get_type_hints(type(obj)), {}
+        for f in dataclasses.fields(obj):
+            tp, value = hints[f.name], getattr(obj, f.name)
+            tp = next(a for a in get_args(tp) if a is not type(None)) if _is_optional(tp) else tp
+            if is_input_path(tp):
+                out[f.name] = input_hash(value) if value else value
+            elif get_origin(tp) is tuple and get_args(tp) and is_input_path(get_args(tp)[0]):
+                out[f.name] = [input_hash(v) for v in value]
+            else:
+                out[f.name] = portable(value)
+        return out
+    if isinstance(obj, dict):
+        return {k: portable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [portable(v) for v in obj]
+    return obj
 
 
 def _git_commit() -> str | None:
@@ -139,9 +196,36 @@ def provenance() -> dict:
     }
 
 
-def stage_path(runs_root: Path, stage: str, config: Any, inputs: dict[str, Any]) -> Path:
+def stage_path(runs_root: Path, stage: str, config: Any, inputs: dict[str, Any], code: str = "") -> Path:
+    """The run directory of a stage: its name hashes the portable config, the inputs' hashes and the code."""
     hashes = {k: input_hash(v) for k, v in sorted(inputs.items())}
-    return Path(runs_root) / f"{stage}-{config_hash({'stage': stage, 'config': to_dict(config), 'inputs': hashes})}"
+    payload = {"stage": stage, "config": portable(config), "inputs": hashes, "code": code}
+    return Path(runs_root) / f"{stage}-{config_hash(payload)}"
+
+
+def planned_run(runs_root: Path, stage: str, config: Any, inputs: dict[str, Any], module: str,
+                reports: bool = False) -> Run:
+    """The run directory a stage whose work is defined in `module` has, finished or not."""
+    return Run(stage_path(runs_root, stage, config, inputs, code_fingerprint(module, reports)["hash"]))
+
+
+def _main_process() -> bool:
+    """False on the other ranks of `accelerate launch`: they follow their main process, which takes the lock."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def _make_dir(path: Path) -> None:
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / f".write-check-{os.getpid()}"
+        probe.touch()
+        probe.unlink()
+    except (FileExistsError, NotADirectoryError):
+        raise UserError(f"runs directory {path.parent}: a file stands where a folder must be; choose another "
+                        "--runs-dir") from None
+    except OSError as e:
+        raise UserError(f"runs directory {path.parent} cannot be written ({e.strerror}); choose another "
+                        "--runs-dir") from None
 
 
 def run_stage(
@@ -154,30 +238,55 @@ def run_stage(
     seed: int | None = None,
     device: str = "cpu",
     quiet: bool = False,
+    reports: bool = False,
 ) -> Run:
-    """Return the finished run for (stage, config, inputs), computing it with `work(run)` only if needed.
+    """Return the finished run for (stage, config, inputs, code), computing it with `work(run)` only if needed.
 
-    `work` may return a dict that is merged into meta.json (e.g. the device actually used).
+    The code is that of the module defining `work` (`reports`: the stage writes tables, so the report writers
+    count too). `work` may return a dict that is merged into meta.json (e.g. the device actually used).
     """
-    run = Run(stage_path(runs_root, stage, config, inputs))
+    from filelock import FileLock
+
+    fingerprint = code_fingerprint(work.__module__, reports)
+    runs_root = Path(runs_root)
+    run = planned_run(runs_root, stage, config, inputs, work.__module__, reports)
     if run.done:
         if not quiet:
             print(f"[{stage}] finished run found, reusing {run.path}", file=sys.stderr)
         return run
-    fresh = not run.path.exists()
-    run.path.mkdir(parents=True, exist_ok=True)
-    inputs_text = "\n".join(f"#   {k}: {v} ({input_hash(v)})" for k, v in sorted(inputs.items()))
-    run.write_text("config.yaml", f"# stage: {stage}\n# inputs:\n{inputs_text}\n" + dump_yaml(config))
-    started = time.time()
+    new_root, fresh = not runs_root.exists(), not run.path.exists()
+    _make_dir(run.path)
+    lock = FileLock(str(run.file(LOCK)))
+    if _main_process():
+        try:
+            lock.acquire(timeout=0.5)
+        except TimeoutError:
+            print(f"[{stage}] another process is computing {run.path}; waiting for it", file=sys.stderr)
+            lock.acquire()
     try:
-        extra = work(run) or {}
+        if run.done:  # the other process finished it
+            return run
+        return _compute(run, stage, config, inputs, work, seed, device, fingerprint)
     except UserError:
         if fresh:  # a user error leaves nothing behind; an interrupted run keeps its files to resume from
             shutil.rmtree(run.path, ignore_errors=True)
+            if new_root and not any(runs_root.iterdir()):
+                runs_root.rmdir()
         raise
+    finally:
+        if lock.is_locked:
+            lock.release()
+
+
+def _compute(run: Run, stage: str, config: Any, inputs: dict, work, seed, device, fingerprint) -> Run:
+    inputs_text = "\n".join(f"#   {k}: {v} ({input_hash(v)})" for k, v in sorted(inputs.items()))
+    run.write_text("config.yaml", f"# stage: {stage}\n# inputs:\n{inputs_text}\n" + dump_yaml(config))
+    started = time.time()
+    extra = work(run) or {}
     meta = {
         "stage": stage,
         **provenance(),
+        "code": fingerprint,
         "seed": seed,
         "device": device,
         "inputs": {k: str(v.path if isinstance(v, Run) else v) for k, v in inputs.items()},

@@ -29,7 +29,7 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from elasticity.config import to_dict
+from elasticity.config import InputPath
 from elasticity.data.records import load_records
 from elasticity.errors import UserError
 from elasticity.experiments.skeleton import (
@@ -78,10 +78,10 @@ class Metrics:
 class Config(ExperimentConfig):
     """`elasticity rebound`: what to align, on what, how to measure. File fields are JSONL/JSON or hf:NAME."""
 
-    positive: str = ""  # positive (aligned) SFT records: prompt, response
-    negative: str = ""  # negative SFT records: prompt, response
-    prompts: str = ""  # evaluation prompts: prompt
-    heldout: tuple[str, ...] = ()  # held-out pre-training text files (text); the first measures alignment depth
+    positive: InputPath = ""  # positive (aligned) SFT records: prompt, response
+    negative: InputPath = ""  # negative SFT records: prompt, response
+    prompts: InputPath = ""  # evaluation prompts: prompt
+    heldout: tuple[InputPath, ...] = ()  # held-out pre-training text files (text); the first measures alignment depth
     q1: tuple[int, ...] = (1000, 2000, 5000, 10000)  # positive example counts (the aligned models)
     q2: tuple[int, ...] = (0, 100, 200, 500, 1000, 2000)  # negative example counts at which each is measured
     train: TrainConfig = field(default_factory=lambda: PAPER_TRAIN)  # both SFTs; one epoch, constant lr
@@ -170,8 +170,8 @@ def _train_cfg(cfg: Config, seed: int, marks: tuple[int, ...]) -> TrainConfig:
 
 
 def _measure_key(cfg: Config, data: Data) -> dict:
-    return {"eval": to_dict(cfg.eval), "policy": to_dict(cfg.policy), "scorer": to_dict(cfg.scorer),
-            "max_length": cfg.train.max_length, "heldout": sorted(data.texts)}
+    return {"eval": cfg.eval, "policy": cfg.policy, "scorer": cfg.scorer, "max_length": cfg.train.max_length,
+            "heldout": sorted(data.texts)}
 
 
 def _inputs(cfg: Config) -> dict:
@@ -247,7 +247,7 @@ def positive_stage(cfg: Config, data: Data, kit: Kit, seed: int, runs_root: Path
         run.write_json("marks.json", {str(q): marks[q] for q in data.q1})
         run.write_json("summary.json", summary)
 
-    key = {"train": to_dict(tcfg), "held_out_pairs": cfg.eval.pairs, "fields": to_dict(cfg.fields)}
+    key = {"train": tcfg, "held_out_pairs": cfg.eval.pairs, "fields": cfg.fields}
     return stage(runs_root, "rebound-positive", key, {"base": cfg.model, "positive": cfg.positive}, work, seed=seed)
 
 
@@ -290,7 +290,7 @@ def negative_stage(cfg: Config, data: Data, kit: Kit, seed: int, q1: int, positi
             for name in ("checkpoints", "model"):
                 shutil.rmtree(run.file(name), ignore_errors=True)
 
-    key = {"train": to_dict(tcfg), "q1": q1, **_measure_key(cfg, data)}
+    key = {"train": tcfg, "q1": q1, **_measure_key(cfg, data)}
     inputs = {"positive_run": positive, **_inputs(cfg)}
     return stage(runs_root, "rebound-negative", key, inputs, work, seed=seed)
 
@@ -344,7 +344,7 @@ def rebound_stage(cfg: Config, runs_root: Path) -> Run:
 
     inputs = {"base": base, **{f"positive:{s}": r for s, r in positives.items()},
               **{f"negative:{q}:{s}": r for (q, s), r in negatives.items()}}
-    return stage(runs_root, "rebound", cfg, inputs, work)
+    return stage(runs_root, "rebound", cfg, inputs, work, reports=True)
 
 
 run = command(rebound_stage)

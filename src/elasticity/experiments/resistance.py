@@ -31,7 +31,7 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from elasticity.config import to_dict
+from elasticity.config import InputPath, to_dict
 from elasticity.data.tokenize import pad_id
 from elasticity.errors import UserError
 from elasticity.experiments.skeleton import (
@@ -69,8 +69,8 @@ class Evaluation:
 class Config(ExperimentConfig):
     """`elasticity resistance`: what to align, the slices, the pair fine-tunes. Files are JSONL/JSON or hf:NAME."""
 
-    alignment: str = ""  # alignment SFT records: prompt, response
-    prompts: str = ""  # prompts every model answers: the D's, then the last eval.heldout_prompts (held out)
+    alignment: InputPath = ""  # alignment SFT records: prompt, response
+    prompts: InputPath = ""  # prompts every model answers: the D's, then the last eval.heldout_prompts (held out)
     prompt_limit: int = 0  # use the file's first N prompts; 0 = all
     slices: int = 3  # n: checkpoints after N/n, 2N/n, ..., N alignment examples
     examples: int = 0  # N: alignment examples per seed (the first N of the seed's order); 0 = all
@@ -212,10 +212,9 @@ def slices_stage(cfg: Config, data: Data, models: Models, seed: int, scorer, run
                                            "heldout_prompts": len(data.heldout_prompts), "slices": list(data.marks)})
         _controls(cfg, data, run, tok, seed, models)
 
-    key = {"align": to_dict(tcfg), "examples": data.examples, "slices": cfg.slices, "policy": to_dict(policy),
-           "prompt_limit": cfg.prompt_limit, "heldout_prompts": cfg.eval.heldout_prompts,
-           "fields": to_dict(cfg.fields), "finetune_max_length": cfg.finetune.max_length,
-           "score": to_dict(cfg.scorer) if cfg.score else None}
+    key = {"align": tcfg, "examples": data.examples, "slices": cfg.slices, "policy": policy,
+           "prompt_limit": cfg.prompt_limit, "heldout_prompts": cfg.eval.heldout_prompts, "fields": cfg.fields,
+           "finetune_max_length": cfg.finetune.max_length, "score": cfg.scorer if cfg.score else None}
     inputs = {"base": cfg.model, "alignment": cfg.alignment, "prompts": cfg.prompts}
     return stage(runs_root, "resistance-slices", key, inputs, work, seed=seed)
 
@@ -283,7 +282,7 @@ def path_stage(cfg: Config, data: Data, models: Models, seed: int, k: int, l: in
             for name in ("checkpoints", "model"):
                 shutil.rmtree(run.file(name), ignore_errors=True)
 
-    key = {"finetune": to_dict(tcfg), "k": k, "l": l, "direction": direction, "eval_batch": cfg.eval.batch_size}
+    key = {"finetune": tcfg, "k": k, "l": l, "direction": direction, "eval_batch": cfg.eval.batch_size}
     return stage(runs_root, "resistance-path", key, {"slices": slices}, work, seed=seed)
 
 
@@ -334,7 +333,8 @@ def resistance_stage(cfg: Config, runs_root: Path) -> Run:
 
     inputs = {**{f"slices:{s}": r for s, r in slices.items()},
               **{f"path:{s}:{k}:{l}:{d}": r for (s, k, l, d), r in paths.items()}}
-    return stage(runs_root, "resistance", cfg, inputs, lambda run: write_results(run, cfg, data, slices, paths))
+    return stage(runs_root, "resistance", cfg, inputs, lambda run: write_results(run, cfg, data, slices, paths),
+                 reports=True)
 
 
 run = command(resistance_stage)

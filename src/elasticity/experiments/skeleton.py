@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from elasticity.config import InputPath
 from elasticity.data.records import Fields, load_records
 from elasticity.errors import UserError
 from elasticity.generate import DecodingPolicy
@@ -31,7 +32,7 @@ PAPER_TRAIN = TrainConfig(lr=1e-5, betas=(0.9, 0.95), weight_decay=0.0, schedule
 class ExperimentConfig:
     """The config fields every experiment has (its own fields follow them)."""
 
-    model: str = ""  # base model: a run directory, a Hugging Face model folder or a hub id
+    model: InputPath = ""  # base model: a run directory, a Hugging Face model folder or a hub id
     fields: Fields = field(default_factory=Fields)  # the records' names for prompt, response and text
     seeds: tuple[int, ...] = (0, 1, 2)  # one run of every stage per seed; intervals are over seeds
     scorer: ScorerConfig = field(default_factory=ScorerConfig)  # the behaviour scorer (higher = more aligned)
@@ -40,6 +41,7 @@ class ExperimentConfig:
     device: str = "auto"  # where models answer and are measured: auto (CUDA if present), cpu, cuda:N; training
     # runs where accelerate puts it
     trust_remote_code: bool = False  # let a hub checkpoint run its own modelling code
+    allow_pickle: bool = False  # read model weights stored only as a pickle (.bin), which can run code when read
 
 
 def check_experiment(cfg: ExperimentConfig, required: tuple[str, ...], scored: bool = True) -> None:
@@ -112,7 +114,8 @@ class Models:
         """(model, tokenizer) newly loaded from `source` on the measuring device, in eval mode."""
         from elasticity.models.hf import load_causal_lm
 
-        return load_causal_lm(source, self.cfg.trust_remote_code, device=self.cfg.device)
+        return load_causal_lm(source, self.cfg.trust_remote_code, device=self.cfg.device,
+                              allow_pickle=self.cfg.allow_pickle)
 
     def get(self, source: str):
         return self.with_tokenizer(source)[0]
@@ -131,9 +134,10 @@ class Models:
 
 
 def stage(runs_root: Path, name: str, key, inputs: dict, work: Callable[[Run], dict | None],
-          seed: int | None = None) -> Run:
-    """One cached stage of an experiment (see `runs.run_stage`): reused when finished, else computed."""
-    return run_stage(Path(runs_root), name, key, inputs, work, seed=seed, quiet=True)
+          seed: int | None = None, reports: bool = False) -> Run:
+    """One cached stage of an experiment (see `runs.run_stage`): reused when finished, else computed.
+    `reports`: the stage writes the experiment's tables (the report writers' code is part of its name)."""
+    return run_stage(Path(runs_root), name, key, inputs, work, seed=seed, quiet=True, reports=reports)
 
 
 def command(experiment: Callable[[object, Path], Run]) -> Callable[[object, Path], None]:

@@ -64,15 +64,39 @@ def load_tokenizer(source: str, trust_remote_code: bool = False):
     return tok
 
 
-def load_causal_lm(source: str, trust_remote_code: bool = False, dtype: str | None = None, device: str | None = None):
-    """Return (model, tokenizer) in eval mode, on `device` (a `resolve_device` name) or else on the CPU."""
+PICKLED = ("*.bin", "*.pt", "*.pth", "*.ckpt", "*.pkl")  # weight files that are pickles (loading one can run code)
+
+
+def use_safetensors(source: str, allow_pickle: bool, key: str = "allow_pickle") -> bool | None:
+    """How weights may be read: safetensors only, unless the user asked for pickles (`key` true).
+
+    A local folder with safetensors reads them; one whose only weights are pickles is refused in one line. A hub
+    model must have safetensors (transformers says so) unless pickles are allowed.
+    """
+    folder = Path(source)
+    if not folder.is_dir():
+        return None if allow_pickle else True
+    if any(folder.glob("*.safetensors")):
+        return True
+    pickles = sorted(p.name for pattern in PICKLED for p in folder.glob(pattern))
+    if pickles and not allow_pickle:
+        raise UserError(f"{folder} holds its weights only as a pickle ({pickles[0]}), which can run code when it is "
+                        f"read: convert it to safetensors, or set {key} true to load it anyway")
+    return None
+
+
+def load_causal_lm(source: str, trust_remote_code: bool = False, dtype: str | None = None, device: str | None = None,
+                   allow_pickle: bool = False, key: str = "allow_pickle"):
+    """Return (model, tokenizer) in eval mode, on `device` (a `resolve_device` name) or else on the CPU.
+
+    Weights are read from safetensors only unless `allow_pickle` (see `use_safetensors`; `key` names the flag).
+    """
     import torch
     from transformers import AutoModelForCausalLM
 
     source = resolve_model_source(source)
     local = Path(source).is_dir()
-    use_safetensors = True if local and any(Path(source).glob("*.safetensors")) else None
-    kwargs = {"trust_remote_code": trust_remote_code, "use_safetensors": use_safetensors,
+    kwargs = {"trust_remote_code": trust_remote_code, "use_safetensors": use_safetensors(source, allow_pickle, key),
               "dtype": getattr(torch, dtype) if dtype else torch.float32}
     try:
         if local and (Path(source) / ADAPTER).exists():

@@ -5,16 +5,18 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from elasticity.config import InputPath
 from elasticity.errors import UserError
 
 
 @dataclass(frozen=True)
 class ModelConfig:
-    path: str | None = None  # HF model folder, run directory (its model/), or hub id
+    path: InputPath | None = None  # HF model folder, run directory (its model/), or hub id
     size: str | None = None  # or: a tiny preset built from scratch ("0.2m", "1m", "5m") ...
-    tokenizer: str | None = None  # ... with this tokenizer folder
+    tokenizer: InputPath | None = None  # ... with this tokenizer folder
     init_seed: int = 0  # random initialisation of a tiny preset
     trust_remote_code: bool = False  # let a hub checkpoint run its own modelling code
+    allow_pickle: bool = False  # read weights stored only as a pickle (.bin), which can run code when read
     lora_r: int = 0  # > 0 trains LoRA adapters of this rank instead of all weights
     lora_alpha: float = 16.0  # LoRA scaling: the update is (alpha / r) B A
     lora_dropout: float = 0.0  # dropout on the LoRA branch
@@ -41,7 +43,8 @@ def load_model_for_training(cfg: ModelConfig, max_length: int):
         tok = load_tokenizer(cfg.tokenizer)
         model = build_tiny_model(cfg.size, len(tok), max_length, cfg.init_seed)
     else:
-        model, tok = load_causal_lm(cfg.path, trust_remote_code=cfg.trust_remote_code)
+        model, tok = load_causal_lm(cfg.path, trust_remote_code=cfg.trust_remote_code, allow_pickle=cfg.allow_pickle,
+                                    key="model.allow_pickle")
     if cfg.lora_r > 0:
         from peft import LoraConfig, get_peft_model
 

@@ -108,9 +108,11 @@ class ClassifierScorer:
         device: str = "auto",
         dtype: str | None = None,
         trust_remote_code: bool = False,
+        allow_pickle: bool = False,
     ) -> "ClassifierScorer":
         """Load a classifier from a folder or hub id and pick its aligned labels (see `resolve_labels`)."""
-        model, tokenizer = load_sequence_classifier(source, trust_remote_code=trust_remote_code, dtype=dtype)
+        model, tokenizer = load_sequence_classifier(source, trust_remote_code=trust_remote_code, dtype=dtype,
+                                                    allow_pickle=allow_pickle)
         aligned = resolve_labels(model.config.id2label, labels, label_indices)
         return cls(model, tokenizer, aligned, batch_size=batch_size, max_length=max_length, device=device)
 

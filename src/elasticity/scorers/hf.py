@@ -10,11 +10,10 @@ of `AutoModelForSequenceClassification` on a causal-LM or custom-head checkpoint
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 from typing import Any, Sequence
 
 from elasticity.errors import UserError
-from elasticity.models.hf import load_tokenizer, resolve_model_source
+from elasticity.models.hf import load_tokenizer, resolve_model_source, use_safetensors
 from elasticity.models.hf import resolve_device as _resolve_device
 
 log = logging.getLogger("elasticity.scorers")
@@ -32,6 +31,7 @@ def load_sequence_classifier(
     dtype: str | None = None,
     num_labels: int | None = None,
     head_key: str = "",
+    allow_pickle: bool = False,
 ) -> tuple[Any, Any]:
     """Return (model, tokenizer) for an `AutoModelForSequenceClassification` checkpoint, in eval mode.
 
@@ -42,6 +42,7 @@ def load_sequence_classifier(
         num_labels: force the head's output count (1 for a score model, whose config may not say so).
         head_key: the checkpoint's name for the head when it is not the model's own (e.g. "score_head" in
             safe-rlhf checkpoints); its weights are renamed onto the model's head at load time.
+        allow_pickle: read weights stored only as a pickle (refused otherwise: loading a pickle can run code).
 
     Raises:
         UserError: missing path, unreadable checkpoint, a head of the wrong size, or head weights that
@@ -51,14 +52,12 @@ def load_sequence_classifier(
     from transformers import AutoModelForSequenceClassification
 
     source = resolve_model_source(source)
-    local = Path(source).is_dir()
     kwargs: dict[str, Any] = {
         "trust_remote_code": trust_remote_code,
         "dtype": getattr(torch, dtype) if dtype else torch.float32,
         "output_loading_info": True,
     }
-    if local and any(Path(source).glob("*.safetensors")):
-        kwargs["use_safetensors"] = True
+    kwargs["use_safetensors"] = use_safetensors(source, allow_pickle, "scorer.allow_pickle")
     if num_labels is not None:
         kwargs["num_labels"] = num_labels
     if head_key:

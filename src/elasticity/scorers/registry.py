@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Literal, Optional
 
+from elasticity.config import InputPath
 from elasticity.errors import UserError
 from elasticity.scorers.base import Scorer
 
@@ -39,11 +40,13 @@ class ScorerConfig:
         device: "auto" (CUDA if present, else CPU), "cpu", "cuda", "cuda:1", ...
         dtype: model weights' dtype; None = float32.
         trust_remote_code: let a hub checkpoint run its own modelling code (off unless asked).
+        allow_pickle: classifier / score-model: read weights stored only as a pickle, which can run code when read
+            (off: safetensors only).
     """
 
     name: str = "oracle"
-    model: str = ""
-    world: str = ""
+    model: InputPath = ""
+    world: InputPath = ""
     labels: tuple[str, ...] = ()
     label_indices: tuple[int, ...] = ()
     sign: int = 1
@@ -56,6 +59,7 @@ class ScorerConfig:
     device: str = "auto"
     dtype: Optional[Literal["float32", "bfloat16", "float16"]] = None
     trust_remote_code: bool = False
+    allow_pickle: bool = False
 
 
 # Fields that change what a score means: setting one for a scorer that ignores it is a mistake worth a stop.
@@ -67,6 +71,7 @@ _ONLY_FOR = {
     "sigmoid": ("score-model",),
     "append_eos": ("score-model",),
     "head_key": ("score-model",),
+    "allow_pickle": ("classifier", "score-model"),
 }
 
 
@@ -99,6 +104,7 @@ def _classifier(cfg: ScorerConfig) -> Scorer:
         device=cfg.device,
         dtype=cfg.dtype,
         trust_remote_code=cfg.trust_remote_code,
+        allow_pickle=cfg.allow_pickle,
     )
 
 
@@ -110,6 +116,7 @@ def _score_model(cfg: ScorerConfig) -> Scorer:
         head_key=cfg.head_key,
         dtype=cfg.dtype,
         trust_remote_code=cfg.trust_remote_code,
+        allow_pickle=cfg.allow_pickle,
         sign=cfg.sign,
         sigmoid=cfg.sigmoid,
         append_eos=cfg.append_eos,

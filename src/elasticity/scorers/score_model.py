@@ -114,11 +114,13 @@ class ScoreModelScorer:
         head_key: str = "",
         dtype: str | None = None,
         trust_remote_code: bool = False,
+        allow_pickle: bool = False,
         **kwargs: Any,
     ) -> "ScoreModelScorer":
         """Load a one-output score model from a folder or hub id; `kwargs` go to the constructor."""
         model, tokenizer = load_sequence_classifier(
-            source, trust_remote_code=trust_remote_code, dtype=dtype, num_labels=1, head_key=head_key
+            source, trust_remote_code=trust_remote_code, dtype=dtype, num_labels=1, head_key=head_key,
+            allow_pickle=allow_pickle,
         )
         return cls(model, tokenizer, **kwargs)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from elasticity.config import InputPath
 from elasticity.data.records import Fields, load_records
 from elasticity.data.tokenize import tokenize_records
 from elasticity.models.spec import ModelConfig, load_model_for_training, model_input
@@ -15,10 +16,10 @@ from elasticity.train.loop import TrainConfig, train
 @dataclass(frozen=True)
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
-    data: str = ""  # training records: JSONL/JSON file or hf:NAME
+    data: InputPath = ""  # training records: JSONL/JSON file or hf:NAME
     kind: str = "sft"  # "sft" (prompt/response, response-only loss) or "text" (language modelling)
     pack: bool = True  # text only: pack documents into full blocks (no padding)
-    eval: tuple[str, ...] = ()  # evaluation datasets, named by file stem
+    eval: tuple[InputPath, ...] = ()  # evaluation datasets, named by file stem
     fields: Fields = field(default_factory=Fields)
     split: str = "train"  # the split of a hub dataset
     train: TrainConfig = field(default_factory=TrainConfig)

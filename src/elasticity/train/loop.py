@@ -29,6 +29,8 @@ from elasticity.likelihood import teacher_forced, token_scores
 from elasticity.models.hf import quiet_loading
 from elasticity.runs import Run
 
+RESUME = "resume.pt"  # a run's resume state: tensors and plain values only
+
 
 @dataclass(frozen=True)
 class TrainConfig:
@@ -135,28 +137,37 @@ def _save_model(model, tok, path: Path, accelerator, progress: Progress) -> None
 
 
 def _save_resume(run: Run, model, optimizer, scheduler, progress: Progress, accelerator) -> None:
+    """Everything a resumed run needs, as tensors and plain Python values only (read back without pickle's
+    power to run code: `torch.load(weights_only=True)`)."""
     if not accelerator.is_main_process:
         return
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
     state = {
         "model": accelerator.unwrap_model(model).lm.state_dict(),
         "optimizer": optimizer.state_dict(),
         "scheduler": scheduler.state_dict(),
         "progress": vars(progress).copy(),
-        "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()},
+        "rng": {"torch": torch.get_rng_state(), "python": random.getstate(),
+                "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(gauss)]},
     }
     tmp = run.file("resume.pt.tmp")
     torch.save(state, tmp)
-    tmp.replace(run.file("resume.pt"))
+    tmp.replace(run.file(RESUME))
 
 
 def _load_resume(run: Run, model, optimizer, scheduler, accelerator) -> Progress:
-    state = torch.load(run.file("resume.pt"), map_location="cpu", weights_only=False)
+    try:
+        state = torch.load(run.file(RESUME), map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - whatever the file is, it is not a resume state of ours
+        raise UserError(f"{run.file(RESUME)} is not a resume state this toolkit wrote (it holds more than tensors "
+                        f"and plain values: {str(e).splitlines()[0][:120]}); delete it to start the stage over") from None
     accelerator.unwrap_model(model).lm.load_state_dict(state["model"])
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
     torch.set_rng_state(state["rng"]["torch"])
-    np.random.set_state(state["rng"]["numpy"])
-    random.setstate(state["rng"]["python"])
+    kind, keys, pos, has_gauss, gauss = state["rng"]["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
+    random.setstate(tuple(tuple(x) if isinstance(x, list) else x for x in state["rng"]["python"]))
     return Progress(**state["progress"])
 
 
@@ -209,7 +220,7 @@ def train(
     pad = pad_id(tok)
 
     progress = Progress()
-    if run.file("resume.pt").exists():
+    if run.file(RESUME).exists():
         progress = _load_resume(run, model, optimizer, scheduler, accelerator)
         run.truncate_metrics(lambda r: r.get("step", 0) <= progress.step)
         print(f"[train] resuming {run.path} at step {progress.step}/{len(steps)}")
@@ -299,7 +310,7 @@ def train(
     if save_final:
         _save_model(model, tok, run.file("model"), accelerator, progress)
     if accelerator.is_main_process:
-        run.file("resume.pt").unlink(missing_ok=True)
+        run.file(RESUME).unlink(missing_ok=True)
     elapsed = time.perf_counter() - t0
     return {
         "steps": progress.step,
