@@ -16,6 +16,8 @@ from typing import Any, get_args, get_origin
 
 from elasticity.config import leaf_fields, load_config, parse_flag
 from elasticity.errors import UserError
+from elasticity.models.hf import quiet_loading
+from elasticity.runs import check_runs_root
 
 # name -> (module, one-line help). The module's `Config` and `run` do the work.
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -102,6 +104,8 @@ def main(argv: list[str] | None = None) -> int:
             key: parse_flag(tp, given[key], key) for key, tp, _, _ in fields if key in given
         }
         cfg = load_config(module.Config, ns.config, overrides)
+        check_runs_root(Path(ns.runs_dir))
+        quiet_loading()  # no progress bar per model loaded or saved: the commands say what they do
         module.run(cfg, Path(ns.runs_dir))
     except UserError as e:
         print(f"elasticity: error: {e}", file=sys.stderr)

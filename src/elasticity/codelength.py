@@ -29,6 +29,7 @@ import numpy as np
 
 from elasticity.data.tokenize import IGNORE, encode_pair
 from elasticity.likelihood import Direction, token_scores
+from elasticity.models.hf import context_length
 from elasticity.stats import LN2
 
 
@@ -97,20 +98,6 @@ def rolling_windows(n: int, start: int, max_length: int) -> list[tuple[int, int,
         out.append((max(0, end - 1 - max_length), t, end))
         t = end
     return out
-
-
-def model_max_length(model, tok=None) -> int:
-    """The model's context length: its config (text_config first), else the tokenizer's, as lm-eval does."""
-    configs = [getattr(model.config, "text_config", None), model.config]
-    for cfg in configs:
-        for attr in ("n_positions", "max_position_embeddings", "n_ctx"):
-            value = getattr(cfg, attr, None) if cfg is not None else None
-            if isinstance(value, int) and value > 0:
-                return value
-    value = getattr(tok, "model_max_length", None)
-    if isinstance(value, int) and 0 < value < 10**9:  # HF's "unset" is a huge sentinel
-        return value
-    raise ValueError("cannot tell the model's context length; pass max_length")
 
 
 def _prefix_id(tok) -> int:
@@ -211,7 +198,7 @@ def encode_documents(tok, texts: Sequence[str]) -> tuple[list[list[int]], list[i
 def document_nats(model, tok, texts: Sequence[str], max_length: int | None = None, batch_size: int = 8,
                   bf16: bool = False) -> tuple[np.ndarray, list[int]]:
     """Per-document rolling NLL in nats and the number of tokens scored in each (lm-eval's semantics)."""
-    max_length = max_length or model_max_length(model, tok)
+    max_length = max_length or context_length(model.config, tok)
     seqs, starts = encode_documents(tok, texts)
     nats, _ = score_sequences(model, seqs, starts, max_length, batch_size, bf16)
     return nats, [len(s) - 1 for s in seqs]
@@ -278,7 +265,7 @@ def response_nll(model, tok, pairs: Sequence[tuple[str, str] | Mapping[str, str]
     gives 7 ln 259 nats: bits/token = log2(259) = 8.016808, bits/byte = 7 log2(259) / 6 = 9.352943.
     """
     pairs = list(pairs)
-    max_length = max_length or model_max_length(model, tok)
+    max_length = max_length or context_length(model.config, tok)
     seqs, starts = encode_responses(tok, pairs)
     nats, _ = score_sequences(model, seqs, starts, max_length, batch_size, bf16)
     return _response_totals(nats, seqs, starts, pairs)
@@ -299,7 +286,7 @@ def response_kl(model, reference, tok, pairs: Sequence[tuple[str, str] | Mapping
     Both models must share `tok`; the caller checks that their tokenizers agree.
     """
     pairs = list(pairs)
-    max_length = max_length or model_max_length(model, tok)
+    max_length = max_length or context_length(model.config, tok)
     seqs, starts = encode_responses(tok, pairs)
     _, kl = score_sequences(model, seqs, starts, max_length, batch_size, bf16, reference, direction)
     return _response_totals(kl, seqs, starts, pairs)

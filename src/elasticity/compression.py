@@ -22,11 +22,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from elasticity.codelength import Totals, encode_documents, encode_responses, model_max_length, score_sequences
+from elasticity.codelength import Totals, encode_documents, encode_responses, score_sequences
 from elasticity.config import InputPath
 from elasticity.data.records import HUB_PREFIX, Fields, load_records
 from elasticity.errors import UserError
-from elasticity.models.hf import quiet_loading, resolve_device
+from elasticity.models.hf import context_length, quiet_loading, resolve_device
 from elasticity.runs import Run, planned_run, run_stage
 
 STAGE = "compress"
@@ -147,7 +147,7 @@ def _check_settings(cfg: Config) -> None:
 
 def _max_length(cfg: Config, model, tok) -> int:
     try:
-        limit = model_max_length(model, tok)
+        limit = context_length(model.config, tok)
     except ValueError:
         if cfg.max_length is None:
             raise UserError(f"cannot tell the context length of {cfg.model}; set --max_length") from None

@@ -59,11 +59,21 @@ def append_jsonl(path: Path, record: dict) -> None:
 
 
 def read_jsonl(path: Path) -> list[dict]:
-    """The records of a JSONL file; [] if it does not exist."""
+    """The records of a JSONL file we wrote; [] if it does not exist.
+
+    Lines end at "\\n" only (model text may hold U+2028, which `splitlines` would cut at), and a last line without
+    its newline is dropped: a process killed in the middle of appending it never finished that record.
+
+    >>> import tempfile; p = Path(tempfile.mkdtemp()) / "r.jsonl"
+    >>> _ = p.write_text('{"a": 1}\\n{"b": "x\u2028y"}\\n{"c": ')
+    >>> read_jsonl(p)
+    [{'a': 1}, {'b': 'x\u2028y'}]
+    """
     path = Path(path)
     if not path.exists():
         return []
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    lines = path.read_text(encoding="utf-8").split("\n")
+    return [json.loads(line) for line in lines[:-1] if line.strip()]  # the last piece has no newline after it
 
 
 def csv_text(rows: list[dict], columns: list[str] | None = None) -> str:

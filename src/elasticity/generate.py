@@ -14,8 +14,12 @@ from pathlib import Path
 import torch
 
 from elasticity.config import InputPath
+from elasticity.data.records import Fields, load_records
 from elasticity.data.tokenize import pad_id
 from elasticity.errors import UserError
+from elasticity.files import write_jsonl
+from elasticity.models.hf import context_length, load_causal_lm, load_config, load_tokenizer, resolve_model_source
+from elasticity.runs import run_stage
 
 
 @dataclass(frozen=True)
@@ -32,6 +36,29 @@ class DecodingPolicy:
             raise UserError(
                 "decoding policy needs temperature >= 0, 0 < top_p <= 1, max_new_tokens >= 1, samples_per_prompt >= 1"
             )
+
+
+def check_context(lengths: dict[int, int], policy: DecodingPolicy, context: int | None) -> None:
+    """Every prompt (index -> its token count) and its `max_new_tokens` fit in the model's context (past it, a
+    model's learned positions would index past their table mid-run). A context of None is not checked."""
+    if context is None or not lengths:
+        return
+    i = max(lengths, key=lengths.__getitem__)
+    if lengths[i] + policy.max_new_tokens > context:
+        raise UserError(f"prompt {i} is longer than the model's context: {lengths[i]} tokens + policy.max_new_tokens "
+                        f"{policy.max_new_tokens} > {context}; shorten it or lower policy.max_new_tokens")
+
+
+def prompt_lengths(tok, prompts: list[str]) -> dict[int, int]:
+    return {i: len(ids) for i, ids in enumerate(tok(list(prompts), add_special_tokens=True)["input_ids"])}
+
+
+def declared_context(config, tok=None) -> int | None:
+    """The model's context length, or None if it does not say."""
+    try:
+        return context_length(config, tok)
+    except ValueError:
+        return None
 
 
 def _row_generator(seed: int, prompt_index: int, sample_index: int) -> torch.Generator:
@@ -66,6 +93,7 @@ def generate(model, tok, prompts: list[str], policy: DecodingPolicy, indices: li
     device = next(model.parameters()).device
     wanted = range(len(prompts)) if indices is None else indices
     encoded = {i: tok(prompts[i], add_special_tokens=True)["input_ids"] for i in wanted}
+    check_context({i: len(ids) for i, ids in encoded.items()}, policy, declared_context(model.config, tok))
     rows = [(i, s) for i in wanted for s in range(policy.samples_per_prompt)]
     rows.sort(key=lambda r: len(encoded[r[0]]))  # similar lengths share a batch: less left padding
     out = []
@@ -134,16 +162,14 @@ class Config:
 
 def generate_stage(cfg: Config, runs_root: Path):
     """Run (or reuse) the generate stage: `samples.jsonl` plus the policy in `policy.json`."""
-    from elasticity.data.records import Fields, load_records
-    from elasticity.files import write_jsonl
-    from elasticity.models.hf import load_causal_lm, resolve_model_source
-    from elasticity.runs import run_stage
-
     if not cfg.model or not cfg.prompts:
         raise UserError("generate needs --model and --prompts")
     cfg.policy.check()
     resolve_model_source(cfg.model)
     prompts = [r["prompt"] for r in load_records(cfg.prompts, ("prompt",), Fields(prompt=cfg.prompt_field))]
+    tok = load_tokenizer(cfg.model, cfg.trust_remote_code)
+    check_context(prompt_lengths(tok, prompts), cfg.policy,
+                  declared_context(load_config(cfg.model, cfg.trust_remote_code), tok))
 
     def work(run) -> None:
         model, tok = load_causal_lm(cfg.model, cfg.trust_remote_code, allow_pickle=cfg.allow_pickle)

@@ -214,6 +214,31 @@ def _main_process() -> bool:
     return int(os.environ.get("RANK", "0")) == 0
 
 
+def check_runs_root(path: Path) -> None:
+    """A runs directory that is a file, lies under a file or cannot be written is one clear line, before any work;
+    the check leaves nothing behind (folders it made to try are removed)."""
+    path, made = Path(path), []
+    existing = path
+    while not existing.exists() and existing != existing.parent:
+        made.append(existing)
+        existing = existing.parent
+    if not existing.is_dir():
+        raise UserError(f"runs directory {path}: a file stands where a folder must be ({existing}); choose another "
+                        "--runs-dir")
+    try:
+        for folder in reversed(made):
+            folder.mkdir()
+        probe = path / f".write-check-{os.getpid()}"
+        probe.touch()
+        probe.unlink()
+    except OSError as e:
+        raise UserError(f"runs directory {path} cannot be written ({e.strerror}); choose another --runs-dir") from None
+    finally:
+        for folder in made:
+            if folder.exists():
+                folder.rmdir()
+
+
 def _make_dir(path: Path) -> None:
     try:
         path.mkdir(parents=True, exist_ok=True)

@@ -26,33 +26,51 @@ class Fields:
     text: str = "text"  # the field that holds a document
 
 
+SUFFIXES = (".jsonl", ".json")
+
+
+def _read_text(path: Path) -> str:
+    try:
+        return path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise UserError(f"{path} is not UTF-8 text (byte {e.start} is not): data files are UTF-8 JSON") from None
+
+
 def _read_file(path: Path) -> list[tuple[int, object]]:
     """(line number, parsed object) pairs; for a .json file the line number is the item's index + 1."""
+    if path.is_dir():
+        raise UserError(f"{path} is a folder, not a data file (give a .jsonl or .json file, or hf:NAME)")
     if not path.is_file():
         raise UserError(f"data file not found: {path}")
-    if path.suffix == ".json":
+    if path.suffix.lower() not in SUFFIXES:
+        raise UserError(f"{path}: unsupported data file type '{path.suffix}' (give a .jsonl or .json file, or hf:NAME)")
+    text = _read_text(path)
+    if path.suffix.lower() == ".json":
         try:
-            data = json.loads(path.read_text())
+            data = json.loads(text)
         except json.JSONDecodeError as e:
             raise UserError(f"{path}: not valid JSON ({e.msg} at line {e.lineno})") from None
         if not isinstance(data, list):
             raise UserError(f"{path}: a .json data file must hold a list of records")
         return list(enumerate(data, start=1))
     rows = []
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                rows.append((lineno, json.loads(line)))
-            except json.JSONDecodeError as e:
-                raise UserError(f"{path}:{lineno}: not a JSON line ({e.msg}); each line must be one JSON object") from None
+    for lineno, line in enumerate(text.split("\n"), start=1):  # not splitlines: JSON strings may hold U+2028
+        if not line.strip():
+            continue
+        try:
+            rows.append((lineno, json.loads(line)))
+        except json.JSONDecodeError as e:
+            raise UserError(f"{path}:{lineno}: not a JSON line ({e.msg}); each line must be one JSON object") from None
     return rows
 
 
 def _read_hub(name: str, split: str) -> list[tuple[int, object]]:
     import datasets  # imported only when a hub dataset is asked for
 
+    from elasticity.hub import hub_reachable
+
+    if not hub_reachable():  # read the local cache alone: no retries, one clear line if it is not there
+        datasets.config.HF_HUB_OFFLINE = datasets.config.HF_DATASETS_OFFLINE = True
     repo, _, subset = name.partition(":")
     try:
         ds = datasets.load_dataset(repo, subset or None, split=split)

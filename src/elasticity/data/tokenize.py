@@ -65,10 +65,12 @@ def pack_blocks(examples: list[Example], block: int) -> list[Example]:
     return [Example(stream[i * block:(i + 1) * block], stream[i * block:(i + 1) * block]) for i in range(n)]
 
 
-def tokenize_records(records: list[dict], tok, max_length: int, name: str = "data", pack: bool = False) -> list[Example]:
+def tokenize_records(records: list[dict], tok, max_length: int, name: str = "data", pack: bool = False,
+                     report: bool = True) -> list[Example]:
     """Tokenise text or prompt/response records; truncation is counted and reported, never silent.
 
-    With `pack`, text documents are encoded whole and cut into full blocks of `max_length` tokens.
+    With `pack`, text documents are encoded whole and cut into full blocks of `max_length` tokens. With
+    `report` off the caller says it (`tokenize_note`), e.g. once its own checks have passed.
     """
     is_pair = "prompt" in records[0]
     if is_pair:
@@ -76,12 +78,15 @@ def tokenize_records(records: list[dict], tok, max_length: int, name: str = "dat
     else:
         examples = [encode_text(tok, r["text"], None if pack else max_length) for r in records]
     if pack and not is_pair:
-        blocks = pack_blocks(examples, max_length)
-        print(f"[data] {name}: {len(examples)} documents packed into {len(blocks)} blocks of {max_length} tokens",
-              file=sys.stderr)
-        return blocks
-    n_trunc = sum(ex.truncated for ex in examples)
-    if n_trunc:
-        print(f"[data] {name}: {n_trunc} of {len(examples)} examples truncated to {max_length} tokens",
-              file=sys.stderr)
+        examples = pack_blocks(examples, max_length)
+    if report and (note := tokenize_note(records, examples, name, max_length, pack)):
+        print(note, file=sys.stderr)
     return examples
+
+
+def tokenize_note(records: list[dict], examples: list[Example], name: str, max_length: int, pack: bool) -> str:
+    """What tokenising changed, in one line ("" if nothing): blocks packed, or examples truncated."""
+    if pack and "prompt" not in records[0]:
+        return f"[data] {name}: {len(records)} documents packed into {len(examples)} blocks of {max_length} tokens"
+    n_trunc = sum(ex.truncated for ex in examples)
+    return f"[data] {name}: {n_trunc} of {len(examples)} examples truncated to {max_length} tokens" if n_trunc else ""

@@ -26,7 +26,7 @@ from elasticity.generate import DecodingPolicy, generate
 from elasticity.likelihood import teacher_forced
 from elasticity.models.hf import load_causal_lm
 from elasticity.models.spec import ModelConfig
-from elasticity.models.tiny import SIZES
+from elasticity.models.tiny import check_size
 from elasticity.runs import Run, run_stage
 from elasticity.stats import LN2
 from elasticity.train.command import Config as TrainCommand
@@ -57,15 +57,29 @@ class Config:
 
 def _check(cfg: Config) -> None:
     for size in cfg.sizes:
-        if size not in SIZES:
-            raise UserError(f"unknown model size preset '{size}' (choose from {', '.join(SIZES)})")
+        check_size(size)
     if not cfg.sizes:
         raise UserError("sizes must name at least one model size preset")
+    cfg.train.check("train")
+    if cfg.tokens < 0 or cfg.heldout_docs < 1:
+        raise UserError(f"tokens must be >= 0 (0 = the whole corpus) and heldout_docs must be >= 1, got "
+                        f"{cfg.tokens} and {cfg.heldout_docs}")
+    cfg.samples.check()
     per_step = cfg.train.batch_size * cfg.train.grad_accum * cfg.train.max_length
     budget = cfg.tokens or cfg.world.sizes.pretrain_tokens
     if budget < per_step:
         raise UserError(f"a token budget of {budget} is smaller than one batch ({per_step} tokens = batch_size "
                         f"x grad_accum x max_length); raise tokens or lower the batch")
+    marks = cfg.checkpoint_tokens
+    if any(t < 1 for t in marks):
+        raise UserError(f"checkpoint_tokens must be positive token counts, got {list(marks)}")
+    if len(set(marks)) < len(marks):
+        raise UserError(f"checkpoint_tokens repeats {sorted(t for t in marks if marks.count(t) > 1)[0]}; give each "
+                        "checkpoint once")
+    late = [t for t in marks if t > budget]
+    if late:
+        raise UserError(f"checkpoint_tokens {late[0]} is past the pre-training budget of {budget} tokens; lower it "
+                        "or raise tokens")
 
 
 def pretrain_model(cfg: Config, size: str, runs_root: Path, world: Run | None = None) -> tuple[Run, Run]:
@@ -178,7 +192,7 @@ def report_stage(cfg: Config, runs_root: Path) -> Run:
         run.write_text("table.md", _table(rows))
         report, samples = sample_report(trains[cfg.sizes[0]].file("model"), world, cfg.samples)
         write_jsonl(run.file("samples.jsonl"), samples)
-        run.write_json("samples_report.json", {"model": str(trains[cfg.sizes[0]].path), **report})
+        run.write_json("samples_report.json", {"model": trains[cfg.sizes[0]].name, **report})
 
     inputs = {"world": world, **{f"model:{s}": t for s, t in trains.items()}}
     return run_stage(runs_root, "pretrain-report", cfg, inputs, work, seed=cfg.train.seed)

@@ -37,7 +37,7 @@ from elasticity.experiments.skeleton import (
     ExperimentConfig,
     Models,
     check_experiment,
-    check_train,
+    check_lengths,
     command,
     read_pairs,
     read_prompts,
@@ -45,7 +45,7 @@ from elasticity.experiments.skeleton import (
     seed_order,
     stage,
 )
-from elasticity.files import append_jsonl, read_jsonl
+from elasticity.files import append_jsonl, read_jsonl, write_jsonl
 from elasticity.generate import DecodingPolicy
 from elasticity.models.hf import quiet_loading
 from elasticity.results import BUILT_IN_PAIRS, Point, ReboundGrid, Savings
@@ -133,7 +133,7 @@ def check(cfg: Config) -> Data:
     if t.epochs != 1 or t.schedule != "constant" or t.max_steps is not None:
         raise UserError("rebound's nested runs need train.epochs 1, train.schedule constant and no train.max_steps "
                         "(then the first q examples of a run are a run on q examples)")
-    check_train("train", t)
+    t.check("train")
     ev = cfg.eval
     if ev.pairs < 1 or ev.docs < 1 or ev.prompts < 0 or ev.batch_size < 1:
         raise UserError("eval.pairs, eval.docs and eval.batch_size must be >= 1, eval.prompts >= 0")
@@ -146,6 +146,8 @@ def check(cfg: Config) -> Data:
             raise UserError(f"{key} asks for {grid[-1]} {name} examples but {getattr(cfg, name)} has {len(pool)} "
                             f"records, {ev.pairs} of them held out (eval.pairs): lower {key} or eval.pairs")
     prompts = read_prompts(cfg.prompts, cfg.fields, ev.prompts)
+    check_lengths(cfg, [(cfg.positive, [r["prompt"] for r in pos], "train.max_length", t.max_length),
+                        (cfg.negative, [r["prompt"] for r in neg], "train.max_length", t.max_length)], prompts)
     texts = {}
     for path in cfg.heldout:
         name = _text_name(path)
@@ -260,8 +262,12 @@ def negative_stage(cfg: Config, data: Data, kit: Kit, seed: int, q1: int, positi
     tcfg = _train_cfg(cfg, seed, marks)
 
     def work(run: Run) -> None:
+        # an interrupted run keeps its finished points; samples of a point it did not finish are dropped (that
+        # point is measured again), and both files are rewritten whole (no half line from a killed append)
         points = read_jsonl(run.file("points.jsonl"))
         done = {p["q2"] for p in points}
+        write_jsonl(run.file("points.jsonl"), points)
+        write_jsonl(run.file("samples.jsonl"), [s for s in read_jsonl(run.file("samples.jsonl")) if s["q2"] in done])
         model, tok = kit.models.fresh(str(positive.file("checkpoints") / f"examples-{q1}"))
         if 0 not in done:
             p = kit.record(run, model, q1, seed, 0, 0, 0, 0, None)

@@ -39,7 +39,7 @@ from elasticity.experiments.skeleton import (
     ExperimentConfig,
     Models,
     check_experiment,
-    check_train,
+    check_lengths,
     command,
     read_pairs,
     read_prompts,
@@ -120,7 +120,7 @@ def check(cfg: Config) -> Data:
     if cfg.slices < 2:
         raise UserError(f"slices must be >= 2 (a pair k < l needs two slices), got {cfg.slices}")
     for name, t in (("align", cfg.align), ("finetune", cfg.finetune)):
-        check_train(name, t)
+        t.check(name)
     if cfg.align.epochs != 1 or cfg.align.max_steps is not None:
         raise UserError("align.epochs must be 1 and align.max_steps unset: the slices are spaced over one epoch")
     ev = cfg.eval
@@ -151,6 +151,9 @@ def check(cfg: Config) -> Data:
     if ev.loss_window > steps:
         raise UserError(f"eval.loss_window = {ev.loss_window} is more than the {steps} steps of a fine-tune on "
                         f"{per_slice} examples: lower eval.loss_window")
+    check_lengths(cfg, [(cfg.alignment, [r["prompt"] for r in alignment], "align.max_length",
+                         cfg.align.max_length),
+                        (cfg.prompts, prompts, "finetune.max_length", cfg.finetune.max_length)], prompts)
     cut = len(prompts) - ev.heldout_prompts
     return Data(alignment, prompts[:cut], prompts[cut:], n, slice_marks(n, cfg.slices))
 

@@ -20,7 +20,7 @@ from elasticity.errors import UserError
 from elasticity.generate import DecodingPolicy
 from elasticity.runs import Run, run_stage
 from elasticity.scorers import ScorerConfig, check_scorer_config
-from elasticity.train.loop import TrainConfig
+from elasticity.train.loop import TrainConfig  # noqa: F401 - PAPER_TRAIN's type
 
 # The paper's fine-tuning recipe: one epoch, constant lr 1e-5, no warm-up, no weight decay, AdamW (0.9, 0.95),
 # effective batch 8 (1 x 8 accumulation there; one batch of 8 here gives the same gradient), loss on responses.
@@ -67,9 +67,25 @@ def check_experiment(cfg: ExperimentConfig, required: tuple[str, ...], scored: b
     resolve_model_source(cfg.model)
 
 
-def check_train(name: str, t: TrainConfig) -> None:
-    if t.lr <= 0 or t.batch_size < 1 or t.grad_accum < 1 or t.epochs < 1:
-        raise UserError(f"{name}.lr must be > 0 and {name}.batch_size, {name}.grad_accum, {name}.epochs >= 1")
+def check_lengths(cfg: ExperimentConfig, trained: list[tuple[str, list[str], str, int]], answered: list[str]) -> None:
+    """Every trained prompt leaves room for its response, and every answered prompt its generation.
+
+    `trained` holds (what, prompts, key, max_length): a prompt as long as `max_length` tokens would be cut before
+    its response, leaving nothing to learn or measure. `answered` must fit the base model's context with
+    policy.max_new_tokens. Reads the tokenizer and the model's config only.
+    """
+    from elasticity.generate import check_context, declared_context, prompt_lengths
+    from elasticity.models.hf import load_config, load_tokenizer
+
+    tok = load_tokenizer(cfg.model, cfg.trust_remote_code)
+    for what, prompts, key, max_length in trained:
+        lengths = prompt_lengths(tok, prompts)
+        i = max(lengths, key=lengths.__getitem__)
+        if lengths[i] >= max_length:
+            raise UserError(f"{key} {max_length} is shorter than the longest prompt ({lengths[i]} tokens, record "
+                            f"{i + 1} of {what}): raise {key}")
+    check_context(prompt_lengths(tok, answered), cfg.policy,
+                  declared_context(load_config(cfg.model, cfg.trust_remote_code), tok))
 
 
 def read_pairs(path: str, fields: Fields) -> list[dict]:

@@ -9,12 +9,19 @@ from __future__ import annotations
 from pathlib import Path
 
 from elasticity.errors import UserError
+from elasticity.hub import hub_cached, hub_reachable
 
 ADAPTER = "adapter_config.json"  # a LoRA run saves its adapter; loading merges it into the base model
 
 
 def _looks_local(source: str) -> bool:
     return source.startswith((".", "/", "~")) or source.count("/") > 1 or Path(source).exists()
+
+
+def offline_arguments(source: str) -> dict:
+    """from_pretrained arguments: a hub model is read from the local cache alone when the hub cannot be reached
+    (instead of five retries and a traceback)."""
+    return {} if Path(source).is_dir() or hub_reachable() else {"local_files_only": True}
 
 
 def resolve_model_source(source: str, need: str = "config.json") -> str:
@@ -29,6 +36,9 @@ def resolve_model_source(source: str, need: str = "config.json") -> str:
         return str(path)
     if _looks_local(source):
         raise UserError(f"model path does not exist: {source}")
+    if not hub_reachable() and not hub_cached(source):
+        raise UserError(f"model '{source}' is not a local folder, not in the Hugging Face cache, and the hub cannot "
+                        "be reached: download it where there is a network, or give a local folder")
     return source  # a hub id such as "gpt2" or "org/name"
 
 
@@ -44,6 +54,34 @@ def resolve_device(name: str, key: str = "device"):
         raise UserError(f"{key}: not a torch device: {name!r} (use auto, cpu, cuda or cuda:N)") from None
 
 
+def context_length(config, tok=None) -> int:
+    """A model's context length from its config (text_config first), else its tokenizer's, as lm-eval does.
+
+    Raises:
+        ValueError: neither says.
+    """
+    for cfg in (getattr(config, "text_config", None), config):
+        for attr in ("n_positions", "max_position_embeddings", "n_ctx"):
+            value = getattr(cfg, attr, None) if cfg is not None else None
+            if isinstance(value, int) and value > 0:
+                return value
+    value = getattr(tok, "model_max_length", None)
+    if isinstance(value, int) and 0 < value < 10**9:  # HF's "unset" is a huge sentinel
+        return value
+    raise ValueError("cannot tell the model's context length; pass max_length")
+
+
+def load_config(source: str, trust_remote_code: bool = False):
+    """A model's Hugging Face config alone (no weights): what checks need to know of it."""
+    from transformers import AutoConfig
+
+    source = resolve_model_source(source)
+    try:
+        return AutoConfig.from_pretrained(source, trust_remote_code=trust_remote_code, **offline_arguments(source))
+    except (OSError, ValueError) as e:
+        raise UserError(f"cannot read the config of '{source}': {str(e).splitlines()[0]}") from None
+
+
 def quiet_loading() -> None:
     """No "Loading weights" / "Writing model shards" bar per model: they would bury a command's own lines."""
     from transformers.utils import logging as hf_logging
@@ -56,7 +94,7 @@ def load_tokenizer(source: str, trust_remote_code: bool = False):
 
     source = resolve_model_source(source, need="tokenizer_config.json")
     try:
-        tok = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
+        tok = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code, **offline_arguments(source))
     except (OSError, ValueError) as e:
         raise UserError(f"cannot load a tokenizer from '{source}': {str(e).splitlines()[0]}") from None
     if tok.pad_token is None:  # batching needs a pad id; padded positions are always masked out
@@ -97,7 +135,7 @@ def load_causal_lm(source: str, trust_remote_code: bool = False, dtype: str | No
     source = resolve_model_source(source)
     local = Path(source).is_dir()
     kwargs = {"trust_remote_code": trust_remote_code, "use_safetensors": use_safetensors(source, allow_pickle, key),
-              "dtype": getattr(torch, dtype) if dtype else torch.float32}
+              "dtype": getattr(torch, dtype) if dtype else torch.float32, **offline_arguments(source)}
     try:
         if local and (Path(source) / ADAPTER).exists():
             from peft import AutoPeftModelForCausalLM

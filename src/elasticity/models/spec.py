@@ -22,6 +22,23 @@ class ModelConfig:
     lora_dropout: float = 0.0  # dropout on the LoRA branch
     lora_targets: str = "all-linear"  # modules that get adapters (peft's target_modules)
 
+    def check(self) -> None:
+        """Reject a starting model no stage can build, naming the key."""
+        from elasticity.models.tiny import check_size
+
+        if bool(self.path) == bool(self.size):
+            raise UserError("set exactly one of model.path (an existing model) and model.size (a tiny preset)")
+        if self.size:
+            check_size(self.size)
+        if self.size and not self.tokenizer:
+            raise UserError("model.size builds a model from scratch and needs model.tokenizer (a tokenizer folder)")
+        if self.lora_r < 0:
+            raise UserError(f"model.lora_r must be >= 0 (0 = train every weight), got {self.lora_r}")
+        if self.lora_r > 0 and not self.lora_alpha > 0:
+            raise UserError(f"model.lora_alpha must be > 0, got {self.lora_alpha}")
+        if not 0 <= self.lora_dropout < 1:
+            raise UserError(f"model.lora_dropout must be in [0, 1), got {self.lora_dropout}")
+
 
 def model_input(cfg: ModelConfig) -> str:
     """The string that identifies the starting model for hashing (a path is hashed by content)."""
@@ -35,16 +52,17 @@ def load_model_for_training(cfg: ModelConfig, max_length: int):
     from elasticity.models.hf import load_causal_lm, load_tokenizer
     from elasticity.models.tiny import build_tiny_model
 
-    if bool(cfg.path) == bool(cfg.size):
-        raise UserError("set exactly one of model.path (an existing model) and model.size (a tiny preset)")
+    cfg.check()
     if cfg.size:
-        if not cfg.tokenizer:
-            raise UserError("model.size builds a model from scratch and needs model.tokenizer (a tokenizer folder)")
         tok = load_tokenizer(cfg.tokenizer)
         model = build_tiny_model(cfg.size, len(tok), max_length, cfg.init_seed)
     else:
         model, tok = load_causal_lm(cfg.path, trust_remote_code=cfg.trust_remote_code, allow_pickle=cfg.allow_pickle,
                                     key="model.allow_pickle")
+        rows = model.get_input_embeddings().num_embeddings
+        if len(tok) > rows:  # ids past the embedding would fail mid-run
+            raise UserError(f"the tokenizer of {cfg.path} has {len(tok)} tokens but the model's embedding has {rows} "
+                            "rows; give the model its own tokenizer")
     if cfg.lora_r > 0:
         from peft import LoraConfig, get_peft_model
 

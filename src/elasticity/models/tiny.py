@@ -20,13 +20,17 @@ SIZES: dict[str, tuple[int, int, int, int]] = {
 SPECIAL = {"bos": "<|bos|>", "eos": "<|endoftext|>", "pad": "<|pad|>"}
 
 
+def check_size(size: str) -> None:
+    if size not in SIZES:
+        raise UserError(f"unknown model size preset '{size}' (choose from {', '.join(SIZES)})")
+
+
 def build_tiny_model(size: str, vocab_size: int, max_length: int, seed: int):
     """A randomly initialised LLaMA-style causal LM; same seed, same weights."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    if size not in SIZES:
-        raise UserError(f"unknown model size preset '{size}' (choose from {', '.join(SIZES)})")
+    check_size(size)
     hidden, layers, heads, mlp = SIZES[size]
     config = LlamaConfig(
         vocab_size=vocab_size,

@@ -13,7 +13,7 @@ import logging
 from typing import Any, Sequence
 
 from elasticity.errors import UserError
-from elasticity.models.hf import load_tokenizer, resolve_model_source, use_safetensors
+from elasticity.models.hf import load_tokenizer, offline_arguments, resolve_model_source, use_safetensors
 from elasticity.models.hf import resolve_device as _resolve_device
 
 log = logging.getLogger("elasticity.scorers")
@@ -58,6 +58,7 @@ def load_sequence_classifier(
         "output_loading_info": True,
     }
     kwargs["use_safetensors"] = use_safetensors(source, allow_pickle, "scorer.allow_pickle")
+    kwargs.update(offline_arguments(source))
     if num_labels is not None:
         kwargs["num_labels"] = num_labels
     if head_key:

@@ -81,7 +81,8 @@ class Config:
 
     def __post_init__(self) -> None:
         t, s = self.tree, self.sweep
-        _check(t.alphabet_size >= 1, f"tree.alphabet_size must be >= 1, got {t.alphabet_size}")
+        _check(t.alphabet_size >= 2, f"tree.alphabet_size must be >= 2 (one token makes every sequence of a length "
+               f"the same: a tree without branches), got {t.alphabet_size}")
         _check(t.depth >= 1, f"tree.depth must be >= 1, got {t.depth}")
         _check(t.components >= 2, f"tree.components must be >= 2 (D_a and D_t are different ones), got {t.components}")
         _check(

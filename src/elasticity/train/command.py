@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import os
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from elasticity.config import InputPath
 from elasticity.data.records import Fields, load_records
-from elasticity.data.tokenize import tokenize_records
+from elasticity.data.tokenize import tokenize_note, tokenize_records
 from elasticity.models.spec import ModelConfig, load_model_for_training, model_input
-from elasticity.runs import Run, run_stage
-from elasticity.train.loop import TrainConfig, train
+from elasticity.runs import Run, planned_run, run_stage
+from elasticity.train.loop import TrainConfig, plan, train
 
 
 @dataclass(frozen=True)
@@ -56,26 +58,40 @@ def _is_text(source: str, cfg: Config) -> bool:
 
 
 def train_stage(cfg: Config, runs_root: Path, quiet: bool = False) -> Run:
-    """Run (or reuse) the train stage for `cfg`; the trained model is in `<run>/model`."""
+    """Run (or reuse) the train stage for `cfg`; the trained model is in `<run>/model`.
+
+    Everything a user can get wrong is checked before the run directory exists and before anything is
+    printed: the settings, the data, the model (and its tokenizer against its embedding), the step plan.
+    """
     from elasticity.errors import UserError
 
     if not cfg.data:
         raise UserError("missing config key 'data' (the training records; set --data FILE.jsonl)")
     need = _need(cfg.kind)
-    records = load_records(cfg.data, need, cfg.fields, cfg.split)  # validate before creating the run
+    cfg.train.check("train")
+    cfg.model.check()
+    records = load_records(cfg.data, need, cfg.fields, cfg.split)
     for source in cfg.eval:
         if not source.startswith("hf:") and not Path(source).is_file():
             raise UserError(f"data file not found: {source}")
+    inputs = {"model": model_input(cfg.model), "data": cfg.data, **{f"eval:{e}": e for e in cfg.eval}}
+    if planned_run(runs_root, "train", cfg, inputs, __name__).done:
+        return run_stage(runs_root, "train", cfg, inputs, lambda run: None, seed=cfg.train.seed, quiet=quiet)
+    model, tok = load_model_for_training(cfg.model, cfg.train.max_length)
+    pack = cfg.pack and cfg.kind == "text"
+    examples = tokenize_records(records, tok, cfg.train.max_length, Path(cfg.data).stem, pack=pack, report=False)
+    steps = plan(examples, cfg.train, int(os.environ.get("WORLD_SIZE", "1")))
+    if not steps:
+        raise UserError("the training data gives no optimizer step; lower the batch size or add data")
+    cfg.train.check_plan(len(steps))
+    if note := tokenize_note(records, examples, Path(cfg.data).stem, cfg.train.max_length, pack):
+        print(note, file=sys.stderr)
 
     def work(run: Run) -> dict:
-        model, tok = load_model_for_training(cfg.model, cfg.train.max_length)
-        examples = tokenize_records(records, tok, cfg.train.max_length, Path(cfg.data).stem,
-                                    pack=cfg.pack and cfg.kind == "text")
         summary = train(model, tok, examples, cfg.train, run, _eval_sets(cfg, tok))
         run.write_json("summary.json", summary)
         return {"processes": summary["processes"]}
 
-    inputs = {"model": model_input(cfg.model), "data": cfg.data, **{f"eval:{e}": e for e in cfg.eval}}
     return run_stage(runs_root, "train", cfg, inputs, work, seed=cfg.train.seed, quiet=quiet)
 
 

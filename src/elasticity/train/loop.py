@@ -61,6 +61,43 @@ class TrainConfig:
     save_every: int = 0  # steps between resume states; 0 = only at checkpoints
     log_every: int = 1  # steps between training-loss records in metrics.jsonl
 
+    def check(self, name: str = "train") -> None:
+        """Reject settings no run can use, naming the key (`name` is the section: train, align, finetune).
+
+        Raises:
+            UserError: one line naming the key, the value and the rule.
+        """
+        def need(ok: bool, key: str, rule: str, value) -> None:
+            if not ok:
+                raise UserError(f"{name}.{key} must be {rule}, got {value!r}")
+
+        need(math.isfinite(self.lr) and self.lr > 0, "lr", "a number > 0", self.lr)
+        need(all(0 <= b < 1 for b in self.betas), "betas", "two numbers in [0, 1)", list(self.betas))
+        need(self.weight_decay >= 0, "weight_decay", ">= 0", self.weight_decay)
+        need(self.warmup_steps >= 0, "warmup_steps", ">= 0", self.warmup_steps)
+        need(0 <= self.min_lr_ratio <= 1, "min_lr_ratio", "in [0, 1]", self.min_lr_ratio)
+        for key in ("batch_size", "grad_accum", "epochs", "eval_batch_size", "log_every"):
+            need(getattr(self, key) >= 1, key, ">= 1", getattr(self, key))
+        need(self.max_steps is None or self.max_steps >= 1, "max_steps", ">= 1 (or none: every step)", self.max_steps)
+        need(self.max_grad_norm is None or self.max_grad_norm > 0, "max_grad_norm", "> 0 (or none: no clipping)",
+             self.max_grad_norm)
+        need(self.max_length >= 2, "max_length", ">= 2 (a target needs a token before it)", self.max_length)
+        for key in ("bucket", "eval_every", "save_every"):
+            need(getattr(self, key) >= 0, key, ">= 0", getattr(self, key))
+        for key in ("checkpoint_steps", "checkpoint_tokens", "checkpoint_examples"):
+            marks = getattr(self, key)
+            need(all(m >= 1 for m in marks), key, "positive counts", list(marks))
+            repeated = sorted({m for m in marks if marks.count(m) > 1})
+            if repeated:
+                raise UserError(f"{name}.{key} repeats {repeated[0]}; give each checkpoint once")
+
+    def check_plan(self, steps: int, name: str = "train") -> None:
+        """Checkpoints must fall inside a run of `steps` optimizer steps."""
+        late = [s for s in self.checkpoint_steps if s > steps]
+        if late:
+            raise UserError(f"{name}.checkpoint_steps {late[0]} is past the last step ({steps} steps in this run); "
+                            "lower it or train longer")
+
 
 @dataclass
 class Progress:
@@ -158,9 +195,9 @@ def _save_resume(run: Run, model, optimizer, scheduler, progress: Progress, acce
 def _load_resume(run: Run, model, optimizer, scheduler, accelerator) -> Progress:
     try:
         state = torch.load(run.file(RESUME), map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - whatever the file is, it is not a resume state of ours
+    except Exception:  # noqa: BLE001 - whatever the file is, it is not a resume state of ours
         raise UserError(f"{run.file(RESUME)} is not a resume state this toolkit wrote (it holds more than tensors "
-                        f"and plain values: {str(e).splitlines()[0][:120]}); delete it to start the stage over") from None
+                        "and plain values, and is not unpickled); delete it to start the stage over") from None
     accelerator.unwrap_model(model).lm.load_state_dict(state["model"])
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])

@@ -85,9 +85,11 @@ def validate(cfg: Config) -> dict[str, float]:
     s = cfg.sizes
     if s.pretrain_tokens <= 0:
         raise UserError(f"sizes.pretrain_tokens must be a positive number of tokens, got {s.pretrain_tokens}")
-    for name in ("sft_positive", "sft_negative", "eval_prompts", "heldout_docs", "check_docs"):
-        if getattr(s, name) < 0:
-            raise UserError(f"sizes.{name} must be zero or more, got {getattr(s, name)}")
+    for name in ("sft_positive", "sft_negative", "eval_prompts", "heldout_docs"):  # every file is read downstream
+        if getattr(s, name) < 1:
+            raise UserError(f"sizes.{name} must be >= 1, got {getattr(s, name)}")
+    if s.check_docs < 0:
+        raise UserError(f"sizes.check_docs must be zero or more, got {s.check_docs}")
     for name in ("entropy_docs", "tokenizer_docs"):
         if getattr(s, name) < 2:
             raise UserError(f"sizes.{name} must be at least 2, got {getattr(s, name)}")

@@ -1,0 +1,189 @@
+"""The catalogue of bad input: every case ends in exactly one line `elasticity: error: ...` on stderr, exit
+code 2, and nothing left on disk (the whole test folder is the same before and after)."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import pytest
+
+from elasticity.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def files(tiny_assets, tmp_path_factory) -> dict[str, Path]:
+    """Models and data files, good and bad, built once."""
+    from elasticity.models.hf import load_tokenizer
+    from elasticity.models.tiny import build_tiny_model
+
+    root = tmp_path_factory.mktemp("bad")
+    tok = load_tokenizer(str(tiny_assets["tok"]))
+    model = build_tiny_model("0.2m", len(tok), 64, seed=0)
+    model.save_pretrained(root / "model")
+    tok.save_pretrained(root / "model")
+    small = build_tiny_model("0.2m", 50, 64, seed=0)  # an embedding of 50 rows with a 300-token tokenizer
+    small.save_pretrained(root / "small-embedding")
+    tok.save_pretrained(root / "small-embedding")
+    short = build_tiny_model("0.2m", len(tok), 16, seed=0)  # a 16-token context
+    short.save_pretrained(root / "short-context")
+    tok.save_pretrained(root / "short-context")
+    rng = random.Random(0)
+    words = "the movie was good bad plot actor scene film it".split()
+    pairs = [{"prompt": " ".join(rng.choice(words) for _ in range(4)),
+              "response": " " + " ".join(rng.choice(words) for _ in range(6))} for _ in range(40)]
+
+    def jsonl(name, records):
+        (root / name).write_text("".join(json.dumps(r) + "\n" for r in records))
+        return root / name
+
+    out = {"root": root, "model": root / "model", "small_embedding": root / "small-embedding",
+           "short_context": root / "short-context", "tok": tiny_assets["tok"], "sft": tiny_assets["sft"],
+           "text": tiny_assets["text"], "pairs": jsonl("pairs.jsonl", pairs),
+           "prompts": jsonl("prompts.jsonl", [{"prompt": p["prompt"]} for p in pairs[:12]]),
+           "long_prompt": jsonl("long.jsonl", [{"prompt": " ".join(["the movie was good"] * 20)}])}
+    (root / "binary.jsonl").write_bytes(bytes(range(256)) * 4)
+    (root / "latin1.jsonl").write_bytes('{"text": "un caf\xe9"}\n'.encode("latin-1"))
+    (root / "data.parquet").write_bytes(b"PAR1" + bytes(64))
+    (root / "data.csv").write_text("prompt,response\na,b\n")
+    (root / "binary.yaml").write_bytes(bytes(range(256)))
+    (root / "latin1.yaml").write_bytes("data: caf\xe9\n".encode("latin-1"))
+    (root / "list.yaml").write_text("- a\n- b\n")
+    (root / "bad.yaml").write_text("train: {lr: [\n")
+    (root / "a-file").write_text("not a folder\n")
+    return out
+
+
+def _train(f, *flags, data=None, runs="runs"):
+    return ["train", "--runs-dir", runs, "--model.size", "0.2m", "--model.tokenizer", str(f["tok"]), "--data",
+            str(data or f["sft"]), "--train.max_steps", "2", "--train.max_length", "64", *flags]
+
+
+def _rebound(f, *flags):
+    return ["rebound", "--runs-dir", "runs", "--model", str(f["model"]), "--positive", str(f["pairs"]),
+            "--negative", str(f["pairs"]), "--prompts", str(f["prompts"]), "--scorer.name", "vader", "--q1", "8",
+            "--q2", "0", "4", "--eval.pairs", "4", "--eval.prompts", "2", "--train.max_length", "64",
+            "--policy.max_new_tokens", "4", *flags]
+
+
+def _resistance(f, *flags):
+    return ["resistance", "--runs-dir", "runs", "--model", str(f["model"]), "--alignment", str(f["pairs"]),
+            "--prompts", str(f["prompts"]), "--align.batch_size", "4", "--finetune.batch_size", "4",
+            "--eval.heldout_prompts", "4", "--policy.max_new_tokens", "4", *flags]
+
+
+def _pretrain(*flags):
+    return ["pretrain", "--runs-dir", "runs", "--config", str(ROOT / "configs" / "pretrain-tiny.yaml"), *flags]
+
+
+CASES = {
+    # data files
+    "binary data file": (lambda f: _train(f, data=f["root"] / "binary.jsonl"), "is not UTF-8 text"),
+    "non-UTF-8 data file": (lambda f: _train(f, data=f["root"] / "latin1.jsonl"), "is not UTF-8 text"),
+    "parquet data file": (lambda f: _train(f, data=f["root"] / "data.parquet"), "unsupported data file"),
+    "csv data file": (lambda f: _train(f, data=f["root"] / "data.csv"), "unsupported data file"),
+    "data path is a folder": (lambda f: _train(f, data=f["root"]), "is a folder, not a data file"),
+    "missing data file": (lambda f: _train(f, data=f["root"] / "none.jsonl"), "data file not found"),
+    "record without the field": (lambda f: _train(f, "--kind", "text", data=f["pairs"]), "has no field 'text'"),
+    "unknown kind": (lambda f: _train(f, "--kind", "dpo"), "kind must be 'sft' or 'text'"),
+    # config files
+    "binary config file": (lambda f: ["train", "--config", str(f["root"] / "binary.yaml")], "is not UTF-8 text"),
+    "non-UTF-8 config": (lambda f: ["train", "--config", str(f["root"] / "latin1.yaml")], "is not UTF-8 text"),
+    "config not a mapping": (lambda f: ["train", "--config", str(f["root"] / "list.yaml")], "must hold a mapping"),
+    "config not YAML": (lambda f: ["train", "--config", str(f["root"] / "bad.yaml")], "not valid YAML"),
+    "config file missing": (lambda f: ["train", "--config", str(f["root"] / "none.yaml")], "config file not found"),
+    "unknown flag": (lambda f: _train(f, "--train.lrr", "1"), "unknown config key 'train.lrr'"),
+    "wrong type": (lambda f: _train(f, "--train.lr", "fast"), "--train.lr must be a number"),
+    # the runs directory
+    "runs directory is a file": (lambda f: _train(f, runs=str(f["root"] / "a-file")), "a file stands where"),
+    "runs directory under a file": (lambda f: _train(f, runs=str(f["root"] / "a-file" / "runs")),
+                                    "a file stands where"),
+    "runs directory cannot be written": (lambda f: _train(f, runs="/sys/elasticity-runs"), "cannot be written"),
+    # numbers out of range
+    "batch size 0": (lambda f: _train(f, "--train.batch_size", "0"), "train.batch_size must be >= 1"),
+    "batch size -1": (lambda f: _train(f, "--train.batch_size", "-1"), "train.batch_size must be >= 1"),
+    "grad accumulation 0": (lambda f: _train(f, "--train.grad_accum", "0"), "train.grad_accum must be >= 1"),
+    "learning rate 0": (lambda f: _train(f, "--train.lr", "0"), "train.lr must be a number > 0"),
+    "negative learning rate": (lambda f: _train(f, "--train.lr", "-0.1"), "train.lr must be a number > 0"),
+    "max length 0": (lambda f: _train(f, "--train.max_length", "0"), "train.max_length must be >= 2"),
+    "max steps 0": (lambda f: _train(f, "--train.max_steps", "0"), "train.max_steps must be >= 1"),
+    "epochs 0": (lambda f: _train(f, "--train.epochs", "0"), "train.epochs must be >= 1"),
+    "negative warm-up": (lambda f: _train(f, "--train.warmup_steps", "-1"), "train.warmup_steps must be >= 0"),
+    "checkpoint step 0": (lambda f: _train(f, "--train.checkpoint_steps", "0"), "train.checkpoint_steps"),
+    "repeated checkpoint steps": (lambda f: _train(f, "--train.checkpoint_steps", "1", "1"), "repeats"),
+    "checkpoint past the last step": (lambda f: _train(f, "--train.checkpoint_steps", "9"), "past the last step"),
+    "repeated token checkpoints": (lambda f: _train(f, "--train.checkpoint_tokens", "5", "5"), "repeats"),
+    "evaluation batch 0": (lambda f: _train(f, "--train.eval_batch_size", "0"), "train.eval_batch_size"),
+    "log every 0 steps": (lambda f: _train(f, "--train.log_every", "0"), "train.log_every must be >= 1"),
+    "gradient clip 0": (lambda f: _train(f, "--train.max_grad_norm", "0"), "train.max_grad_norm must be > 0"),
+    "negative LoRA rank": (lambda f: _train(f, "--model.lora_r", "-1"), "model.lora_r must be >= 0"),
+    "LoRA alpha 0": (lambda f: _train(f, "--model.lora_r", "4", "--model.lora_alpha", "0"), "model.lora_alpha"),
+    # models
+    "tokenizer larger than the embedding": (
+        lambda f: ["train", "--runs-dir", "runs", "--model.path", str(f["small_embedding"]), "--data",
+                   str(f["sft"]), "--train.max_steps", "1"], "tokens but the model's embedding has 50 rows"),
+    "hub model offline": (lambda f: ["compress", "--runs-dir", "runs", "--model", "some-org/some-model",
+                                     "--data", str(f["text"])], "some-org/some-model"),
+    "missing model folder": (lambda f: ["compress", "--runs-dir", "runs", "--model", str(f["root"] / "nope"),
+                                        "--data", str(f["text"])], "model path does not exist"),
+    # pre-training
+    "token checkpoint past the budget": (lambda f: _pretrain("--checkpoint_tokens", "4000", "999999"),
+                                         "past the pre-training budget"),
+    "repeated token checkpoint": (lambda f: _pretrain("--checkpoint_tokens", "4000", "4000"), "repeats"),
+    "negative token budget": (lambda f: _pretrain("--tokens", "-5"), "tokens must be >= 0"),
+    "no held-out documents": (lambda f: _pretrain("--heldout_docs", "0"), "heldout_docs must be >= 1"),
+    # rebound
+    "no held-out pairs": (lambda f: _rebound(f, "--eval.pairs", "0"), "eval.pairs"),
+    "no held-out documents (rebound)": (lambda f: _rebound(f, "--heldout", str(f["text"]), "--eval.docs", "0"),
+                                        "eval.docs"),
+    "max length shorter than a prompt": (lambda f: _rebound(f, "--train.max_length", "3"),
+                                         "is shorter than the longest prompt"),
+    "negative Q1": (lambda f: _rebound(f, "--q1", "-8"), "q1 values must be positive"),
+    "KL epsilon 0": (lambda f: _rebound(f, "--metrics.kl_epsilon", "0"), "metrics.kl_epsilon must be > 0"),
+    "rebound batch size 0": (lambda f: _rebound(f, "--train.batch_size", "0"), "train.batch_size must be >= 1"),
+    # resistance
+    "no held-out prompts": (lambda f: _resistance(f, "--eval.heldout_prompts", "0"), "eval.heldout_prompts"),
+    "loss window 0": (lambda f: _resistance(f, "--eval.loss_window", "0"), "eval.loss_window"),
+    "one slice": (lambda f: _resistance(f, "--slices", "1"), "slices must be >= 2"),
+    # generation and decoding
+    "prompt longer than the context": (
+        lambda f: ["generate", "--runs-dir", "runs", "--model", str(f["short_context"]), "--prompts",
+                   str(f["long_prompt"])], "longer than the model's context"),
+    "no new tokens": (lambda f: ["generate", "--runs-dir", "runs", "--model", str(f["model"]), "--prompts",
+                                 str(f["prompts"]), "--policy.max_new_tokens", "0"], "max_new_tokens >= 1"),
+    # theory and the world
+    "alphabet of one token": (lambda f: ["theory", "--runs-dir", "runs", "--tree.alphabet_size", "1"],
+                              "tree.alphabet_size must be >= 2"),
+    "negative mixture weight": (lambda f: ["world", "--runs-dir", "runs", "--mixture.neutral", "-1"],
+                                "must be a non-negative number"),
+    "no SFT records": (lambda f: ["world", "--runs-dir", "runs", "--sizes.sft_positive", "0"],
+                       "sizes.sft_positive must be >= 1"),
+    # compress
+    "compress batch 0": (lambda f: ["compress", "--runs-dir", "runs", "--model", str(f["model"]), "--data",
+                                    str(f["text"]), "--batch_size", "0"], "batch_size must be at least 1"),
+}
+
+
+def _tree(root: Path) -> dict[str, int]:
+    return {str(p.relative_to(root)): p.stat().st_size for p in sorted(root.rglob("*"))}
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_bad_input_is_one_line_exit_2_and_nothing_written(case, files, tmp_path, monkeypatch, capsys):
+    argv, message = CASES[case]
+    monkeypatch.chdir(tmp_path)
+    args = argv(files)
+    before, fixtures = _tree(tmp_path), _tree(files["root"])
+    capsys.readouterr()
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("elasticity: error: "), err
+    assert message in err[0], err[0]
+    assert _tree(tmp_path) == before and _tree(files["root"]) == fixtures  # nothing written anywhere
+
+
+def test_the_catalogue_is_large():
+    assert len(CASES) >= 40
