@@ -239,20 +239,6 @@ def check_runs_root(path: Path) -> None:
                 folder.rmdir()
 
 
-def _make_dir(path: Path) -> None:
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-        probe = path / f".write-check-{os.getpid()}"
-        probe.touch()
-        probe.unlink()
-    except (FileExistsError, NotADirectoryError):
-        raise UserError(f"runs directory {path.parent}: a file stands where a folder must be; choose another "
-                        "--runs-dir") from None
-    except OSError as e:
-        raise UserError(f"runs directory {path.parent} cannot be written ({e.strerror}); choose another "
-                        "--runs-dir") from None
-
-
 def run_stage(
     runs_root: Path,
     stage: str,
@@ -280,7 +266,8 @@ def run_stage(
             print(f"[{stage}] finished run found, reusing {run.path}", file=sys.stderr)
         return run
     new_root, fresh = not runs_root.exists(), not run.path.exists()
-    _make_dir(run.path)
+    check_runs_root(runs_root)
+    run.path.mkdir(parents=True, exist_ok=True)
     lock = FileLock(str(run.file(LOCK)))
     if _main_process():
         try:

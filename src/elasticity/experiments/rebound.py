@@ -29,9 +29,12 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from elasticity.analysis.rebound import analyse
 from elasticity.config import InputPath
 from elasticity.data.records import load_records
+from elasticity.data.tokenize import tokenize_records
 from elasticity.errors import UserError
+from elasticity.experiments.measurement import Evaluator
 from elasticity.experiments.skeleton import (
     PAPER_TRAIN,
     ExperimentConfig,
@@ -48,10 +51,11 @@ from elasticity.experiments.skeleton import (
 from elasticity.files import append_jsonl, read_jsonl, write_jsonl
 from elasticity.generate import DecodingPolicy
 from elasticity.models.hf import quiet_loading
+from elasticity.report.rebound_tables import write_rebound
 from elasticity.results import BUILT_IN_PAIRS, Point, ReboundGrid, Savings
 from elasticity.runs import Run
 from elasticity.scorers import build_scorer
-from elasticity.train.loop import TrainConfig
+from elasticity.train.loop import TrainConfig, train
 
 
 @dataclass(frozen=True)
@@ -189,8 +193,6 @@ class Kit:
 
     def evaluator(self):
         if self._ev is None:
-            from elasticity.experiments.measurement import Evaluator
-
             base, tok = self.models.with_tokenizer(self.cfg.model)
             self._ev = Evaluator(self.scorer, tok, base, self.data.prompts, self.cfg.policy,
                                  self.data.heldout_pairs, self.data.texts, self.cfg.train.max_length,
@@ -224,9 +226,6 @@ def base_stage(cfg: Config, data: Data, kit: Kit, runs_root: Path) -> Run:
 
 def positive_stage(cfg: Config, data: Data, kit: Kit, seed: int, runs_root: Path) -> Run:
     """One positive SFT per seed over the first max(Q1) examples of the seed's order, checkpointed at every Q1."""
-    from elasticity.data.tokenize import tokenize_records
-    from elasticity.train.loop import train
-
     tcfg = _train_cfg(cfg, seed, data.q1)
 
     def work(run: Run) -> None:
@@ -255,9 +254,6 @@ def positive_stage(cfg: Config, data: Data, kit: Kit, seed: int, runs_root: Path
 
 def negative_stage(cfg: Config, data: Data, kit: Kit, seed: int, q1: int, positive: Run, runs_root: Path) -> Run:
     """One negative SFT from the Q1 checkpoint, measured at every Q2; finished Q2 points are never redone."""
-    from elasticity.data.tokenize import tokenize_records
-    from elasticity.train.loop import train
-
     marks = tuple(q for q in data.q2 if q > 0)
     tcfg = _train_cfg(cfg, seed, marks)
 
@@ -329,9 +325,6 @@ def token_savings(positives: dict[int, Run], negatives: dict[tuple[int, int], Ru
 
 def rebound_stage(cfg: Config, runs_root: Path) -> Run:
     """Run (or reuse) the whole experiment; returns the `rebound` run holding results, metrics and figures."""
-    from elasticity.analysis.rebound import analyse
-    from elasticity.report.rebound_tables import write_rebound
-
     data = check(cfg)
     quiet_loading()
     kit = Kit(cfg, data, build_scorer(cfg.scorer))  # a missing scorer model fails here, before any run directory

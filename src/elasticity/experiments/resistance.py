@@ -31,8 +31,9 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from elasticity.analysis.resistance import pair_row, summarise
 from elasticity.config import InputPath, to_dict
-from elasticity.data.tokenize import pad_id
+from elasticity.data.tokenize import pad_id, tokenize_records
 from elasticity.errors import UserError
 from elasticity.experiments.skeleton import (
     PAPER_TRAIN,
@@ -48,12 +49,14 @@ from elasticity.experiments.skeleton import (
     stage,
 )
 from elasticity.files import read_json, read_jsonl, write_jsonl
-from elasticity.generate import DecodingPolicy
+from elasticity.generate import DecodingPolicy, generate
+from elasticity.likelihood import teacher_forced
 from elasticity.models.hf import quiet_loading
+from elasticity.report.resistance import write_resistance
 from elasticity.results import LossCurve, ModelLoss, PathEnd, ResistanceSetup, SliceScore
 from elasticity.runs import Run
 from elasticity.scorers import build_scorer
-from elasticity.train.loop import TrainConfig
+from elasticity.train.loop import TrainConfig, train
 
 DIRECTIONS = ("forward", "inverse")
 
@@ -169,16 +172,11 @@ def _model_source(cfg: Config, slices: Run, k: int, data: Data) -> str:
 
 
 def _examples(tok, records: list[dict], max_length: int, name: str):
-    from elasticity.data.tokenize import tokenize_records
-
     return tokenize_records(records, tok, max_length, name)
 
 
 def slices_stage(cfg: Config, data: Data, models: Models, seed: int, scorer, runs_root: Path) -> Run:
     """Align once per seed with a checkpoint at every slice mark; every model answers the prompts; controls."""
-    from elasticity.generate import generate
-    from elasticity.train.loop import train
-
     tcfg = dataclasses.replace(cfg.align, seed=seed, shuffle=False, checkpoint_examples=data.marks)
     policy = _policy(cfg, seed)
     n = len(data.marks)
@@ -228,8 +226,6 @@ def _controls(cfg: Config, data: Data, run: Run, tok, seed: int, models: Models)
     Losses use the fine-tunes' tokenisation and truncation (`finetune.max_length`), so a model's loss on D_j
     is exactly the first training loss a fine-tune of it on D_j would see, averaged over the whole set.
     """
-    from elasticity.likelihood import teacher_forced
-
     n, ml, bs, pad = len(data.marks), cfg.finetune.max_length, cfg.eval.batch_size, pad_id(tok)
     sets = {j: _examples(tok, read_jsonl(run.file(f"data-{j}.jsonl")), ml, f"D_{j}") for j in range(1, n + 1)}
     held = {j: _examples(tok, read_jsonl(run.file(f"heldout-{j}.jsonl")), ml, f"held-out answers of {j}")
@@ -256,9 +252,6 @@ def _controls(cfg: Config, data: Data, run: Run, tok, seed: int, models: Models)
 def path_stage(cfg: Config, data: Data, models: Models, seed: int, k: int, l: int, direction: str,  # noqa: E741
                slices: Run, runs_root: Path) -> Run:
     """Forward: theta_k fine-tuned on D_l. Inverse: theta_l fine-tuned on D_k. Same settings, order and steps."""
-    from elasticity.likelihood import teacher_forced
-    from elasticity.train.loop import train
-
     start, target = (k, l) if direction == "forward" else (l, k)
     # shuffle with the seed: both directions get the same permutation of prompt indices (the D's line up)
     tcfg = dataclasses.replace(cfg.finetune, seed=seed, shuffle=True)
@@ -295,9 +288,6 @@ def _loss_curve(path: Run) -> list[float]:
 
 def write_results(run: Run, cfg: Config, data: Data, slices: dict[int, Run], paths: dict[tuple, Run]) -> None:
     """The final stage's work: typed rows from the stages' files, their analysis, and the result files."""
-    from elasticity.analysis.resistance import pair_row, summarise
-    from elasticity.report.resistance import write_resistance
-
     rows, curves, losses, scores = [], [], [], []
     for seed, s in slices.items():
         diff = [ModelLoss(**r) for r in read_jsonl(s.file("difficulty.jsonl"))]

@@ -17,10 +17,11 @@ from typing import Callable
 from elasticity.config import InputPath
 from elasticity.data.records import Fields, load_records
 from elasticity.errors import UserError
-from elasticity.generate import DecodingPolicy
+from elasticity.generate import DecodingPolicy, check_context, declared_context, prompt_lengths
+from elasticity.models.hf import load_causal_lm, load_config, load_tokenizer, resolve_device, resolve_model_source
 from elasticity.runs import Run, run_stage
 from elasticity.scorers import ScorerConfig, check_scorer_config
-from elasticity.train.loop import TrainConfig  # noqa: F401 - PAPER_TRAIN's type
+from elasticity.train.loop import TrainConfig
 
 # The paper's fine-tuning recipe: one epoch, constant lr 1e-5, no warm-up, no weight decay, AdamW (0.9, 0.95),
 # effective batch 8 (1 x 8 accumulation there; one batch of 8 here gives the same gradient), loss on responses.
@@ -51,8 +52,6 @@ def check_experiment(cfg: ExperimentConfig, required: tuple[str, ...], scored: b
     Raises:
         UserError: one line naming the field and the fix.
     """
-    from elasticity.models.hf import resolve_device, resolve_model_source
-
     for key in required:
         if not getattr(cfg, key):
             raise UserError(f"missing config key '{key}' (set --{key})")
@@ -74,9 +73,6 @@ def check_lengths(cfg: ExperimentConfig, trained: list[tuple[str, list[str], str
     its response, leaving nothing to learn or measure. `answered` must fit the base model's context with
     policy.max_new_tokens. Reads the tokenizer and the model's config only.
     """
-    from elasticity.generate import check_context, declared_context, prompt_lengths
-    from elasticity.models.hf import load_config, load_tokenizer
-
     tok = load_tokenizer(cfg.model, cfg.trust_remote_code)
     for what, prompts, key, max_length in trained:
         lengths = prompt_lengths(tok, prompts)
@@ -128,8 +124,6 @@ class Models:
 
     def fresh(self, source: str) -> tuple:
         """(model, tokenizer) newly loaded from `source` on the measuring device, in eval mode."""
-        from elasticity.models.hf import load_causal_lm
-
         return load_causal_lm(source, self.cfg.trust_remote_code, device=self.cfg.device,
                               allow_pickle=self.cfg.allow_pickle)
 
