@@ -1,7 +1,7 @@
 """Rolling bits/byte: `elasticity`'s batched computation against lm-evaluation-harness, side by side.
 
 Both score the same documents with the same local tiny LLaMA (the "5m" preset, saved with
-`save_pretrained`) at the same context length and batch size: ours with `elasticity.compression.rolling_nll`,
+`save_pretrained`) at the same context length and batch size: ours with `elasticity.codelength.rolling_nll`,
 lm-eval with `HFLM.loglikelihood_rolling` (`add_bos_token=False`, so both read `[BOS] + text tokens`).
 The two must agree to 1e-6 relative in bits/byte. Each context length is timed with interleaved repeats;
 tokens/s are scored tokens over the median wall time and over the median CPU time of the process (the
@@ -150,7 +150,7 @@ def main() -> None:
             "lm_eval_default_add_bos_token": bits_per_byte(list(zip(default, n_bytes[:k]))),
         }
     result = {
-        "what": "rolling bits/byte, elasticity.compression.rolling_nll vs lm_eval HFLM.loglikelihood_rolling",
+        "what": "rolling bits/byte, elasticity.codelength.rolling_nll vs lm_eval HFLM.loglikelihood_rolling",
         "command": "python benchmarks/compress_vs_lm_eval.py " + " ".join(sys.argv[1:]),
         "model": {"preset": "5m", "parameters": n_params, "vocab": len(tok), "dtype": "float32",
                   "weights": "random init, seed 0"},
