@@ -31,6 +31,12 @@ def files(tiny_assets, tmp_path_factory) -> dict[str, Path]:
     short = build_tiny_model("0.2m", len(tok), 16, seed=0)  # a 16-token context
     short.save_pretrained(root / "short-context")
     tok.save_pretrained(root / "short-context")
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    gpt2 = GPT2LMHeadModel(GPT2Config(vocab_size=len(tok), n_embd=16, n_layer=1, n_head=2, n_positions=24,
+                                      bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id))
+    gpt2.save_pretrained(root / "learned-positions")  # a table of 24 positions
+    tok.save_pretrained(root / "learned-positions")
     rng = random.Random(0)
     words = "the movie was good bad plot actor scene film it".split()
     pairs = [{"prompt": " ".join(rng.choice(words) for _ in range(4)),
@@ -41,7 +47,8 @@ def files(tiny_assets, tmp_path_factory) -> dict[str, Path]:
         return root / name
 
     out = {"root": root, "model": root / "model", "small_embedding": root / "small-embedding",
-           "short_context": root / "short-context", "tok": tiny_assets["tok"], "sft": tiny_assets["sft"],
+           "short_context": root / "short-context", "learned_positions": root / "learned-positions",
+           "tok": tiny_assets["tok"], "sft": tiny_assets["sft"],
            "text": tiny_assets["text"], "pairs": jsonl("pairs.jsonl", pairs),
            "prompts": jsonl("prompts.jsonl", [{"prompt": p["prompt"]} for p in pairs[:12]]),
            "long_prompt": jsonl("long.jsonl", [{"prompt": " ".join(["the movie was good"] * 20)}])}
@@ -152,6 +159,9 @@ CASES = {
     "prompt longer than the context": (
         lambda f: ["generate", "--runs-dir", "runs", "--model", str(f["short_context"]), "--prompts",
                    str(f["long_prompt"])], "longer than the model's context"),
+    "generation past learned positions": (
+        lambda f: ["generate", "--runs-dir", "runs", "--model", str(f["learned_positions"]), "--prompts",
+                   str(f["prompts"]), "--policy.max_new_tokens", "40"], "a table of learned positions"),
     "no new tokens": (lambda f: ["generate", "--runs-dir", "runs", "--model", str(f["model"]), "--prompts",
                                  str(f["prompts"]), "--policy.max_new_tokens", "0"], "max_new_tokens >= 1"),
     # theory and the world

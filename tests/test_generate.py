@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import torch
 
 from elasticity.cli import main
@@ -64,3 +65,18 @@ def test_generate_command_records_policy(tiny_assets, tmp_path, capsys):
     capsys.readouterr()
     assert main(args[:-2] + ["--policy.top_p", "1.5"]) == 2
     assert "0 < top_p <= 1" in capsys.readouterr().err
+
+
+def test_rotary_positions_generate_past_the_context(tiny_assets):
+    """A LLaMA's positions are rotary: a generation may run past the context it was built with (the world's
+    reviews are sampled with max_new_tokens 160 from a 128-token model), while a prompt longer than it is refused."""
+    from elasticity.errors import UserError
+    from elasticity.models.hf import load_tokenizer
+    from elasticity.models.tiny import build_tiny_model
+
+    tok = load_tokenizer(str(tiny_assets["tok"]))
+    model = build_tiny_model("0.2m", len(tok), 16, seed=0)  # a 16-token context
+    out = generate(model, tok, ["the movie was"], DecodingPolicy(temperature=1.0, max_new_tokens=30, seed=3))
+    assert len(tok(out[0]["prompt"])["input_ids"]) + out[0]["new_tokens"] > 16  # it did run past the context
+    with pytest.raises(UserError, match="prompt 0 is longer than the model's context"):
+        generate(model, tok, [" ".join(["the movie was good"] * 10)], DecodingPolicy(max_new_tokens=1))

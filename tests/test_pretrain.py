@@ -51,3 +51,19 @@ def test_bad_input_exits_2(tmp_path, capsys, flags, message):
     assert main(["pretrain", "--runs-dir", str(tmp_path), *SMALL, *flags]) == 2
     assert message in capsys.readouterr().err
     assert not any(tmp_path.iterdir())
+
+
+def test_the_default_sampling_policy_suits_the_default_model(tiny_assets):
+    """The report samples 160 new tokens from a model built with a 128-token context (rotary positions, so
+    allowed): the policy of the default pre-training must pass generation's checks on such a model."""
+    from elasticity.experiments.pretrain import Config
+    from elasticity.generate import generate
+    from elasticity.models.hf import load_tokenizer
+    from elasticity.models.tiny import build_tiny_model
+
+    cfg = Config()
+    tok = load_tokenizer(str(tiny_assets["tok"]))
+    model = build_tiny_model(cfg.sizes[0], len(tok), cfg.train.max_length, seed=0)
+    assert cfg.samples.max_new_tokens > cfg.train.max_length
+    samples = generate(model, tok, ["I watched The Long Winter last Friday with my sister."], cfg.samples)
+    assert len(samples) == 1 and samples[0]["new_tokens"] > 0

@@ -38,15 +38,28 @@ class DecodingPolicy:
             )
 
 
-def check_context(lengths: dict[int, int], policy: DecodingPolicy, context: int | None) -> None:
-    """Every prompt (index -> its token count) and its `max_new_tokens` fit in the model's context (past it, a
-    model's learned positions would index past their table mid-run). A context of None is not checked."""
+def check_context(lengths: dict[int, int], policy: DecodingPolicy, config, tok=None) -> None:
+    """Every prompt (index -> its token count) fits in the model's context, and so does its generation where the
+    model's positions are a learned table (GPT-2's, OPT's: a position past it fails mid-run). Rotary positions
+    (LLaMA, Qwen, Gemma, ...) have no table, so a generation may run past the context the model was trained on.
+    A model that does not say its context is not checked."""
+    context = declared_context(config, tok)
     if context is None or not lengths:
         return
     i = max(lengths, key=lengths.__getitem__)
-    if lengths[i] + policy.max_new_tokens > context:
-        raise UserError(f"prompt {i} is longer than the model's context: {lengths[i]} tokens + policy.max_new_tokens "
-                        f"{policy.max_new_tokens} > {context}; shorten it or lower policy.max_new_tokens")
+    if lengths[i] > context:
+        raise UserError(f"prompt {i} is longer than the model's context: {lengths[i]} tokens > {context}; shorten it")
+    if not rotary(config) and lengths[i] + policy.max_new_tokens > context:
+        raise UserError(f"prompt {i} and its generation are longer than the model's context (a table of learned "
+                        f"positions): {lengths[i]} tokens + policy.max_new_tokens {policy.max_new_tokens} > {context}; "
+                        "shorten it or lower policy.max_new_tokens")
+
+
+def rotary(config) -> bool:
+    """Whether a model's positions are rotary (computed for any position) rather than a learned table."""
+    cfg = config.get_text_config() if hasattr(config, "get_text_config") else config
+    return any(getattr(cfg, name, None) is not None for name in
+               ("rope_theta", "rope_parameters", "rope_scaling", "rotary_pct", "rotary_dim", "partial_rotary_factor"))
 
 
 def prompt_lengths(tok, prompts: list[str]) -> dict[int, int]:
@@ -93,7 +106,7 @@ def generate(model, tok, prompts: list[str], policy: DecodingPolicy, indices: li
     device = next(model.parameters()).device
     wanted = range(len(prompts)) if indices is None else indices
     encoded = {i: tok(prompts[i], add_special_tokens=True)["input_ids"] for i in wanted}
-    check_context({i: len(ids) for i, ids in encoded.items()}, policy, declared_context(model.config, tok))
+    check_context({i: len(ids) for i, ids in encoded.items()}, policy, model.config, tok)
     rows = [(i, s) for i in wanted for s in range(policy.samples_per_prompt)]
     rows.sort(key=lambda r: len(encoded[r[0]]))  # similar lengths share a batch: less left padding
     out = []
@@ -168,8 +181,7 @@ def generate_stage(cfg: Config, runs_root: Path):
     resolve_model_source(cfg.model)
     prompts = [r["prompt"] for r in load_records(cfg.prompts, ("prompt",), Fields(prompt=cfg.prompt_field))]
     tok = load_tokenizer(cfg.model, cfg.trust_remote_code)
-    check_context(prompt_lengths(tok, prompts), cfg.policy,
-                  declared_context(load_config(cfg.model, cfg.trust_remote_code), tok))
+    check_context(prompt_lengths(tok, prompts), cfg.policy, load_config(cfg.model, cfg.trust_remote_code), tok)
 
     def work(run) -> None:
         model, tok = load_causal_lm(cfg.model, cfg.trust_remote_code, allow_pickle=cfg.allow_pickle)

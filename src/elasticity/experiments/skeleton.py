@@ -17,7 +17,7 @@ from typing import Callable
 from elasticity.config import InputPath
 from elasticity.data.records import Fields, load_records
 from elasticity.errors import UserError
-from elasticity.generate import DecodingPolicy, check_context, declared_context, prompt_lengths
+from elasticity.generate import DecodingPolicy, check_context, prompt_lengths
 from elasticity.models.hf import load_causal_lm, load_config, load_tokenizer, resolve_device, resolve_model_source
 from elasticity.runs import Run, run_stage
 from elasticity.scorers import ScorerConfig, check_scorer_config
@@ -80,8 +80,7 @@ def check_lengths(cfg: ExperimentConfig, trained: list[tuple[str, list[str], str
         if lengths[i] >= max_length:
             raise UserError(f"{key} {max_length} is shorter than the longest prompt ({lengths[i]} tokens, record "
                             f"{i + 1} of {what}): raise {key}")
-    check_context(prompt_lengths(tok, answered), cfg.policy,
-                  declared_context(load_config(cfg.model, cfg.trust_remote_code), tok))
+    check_context(prompt_lengths(tok, answered), cfg.policy, load_config(cfg.model, cfg.trust_remote_code), tok)
 
 
 def read_pairs(path: str, fields: Fields) -> list[dict]:
