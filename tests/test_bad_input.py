@@ -15,7 +15,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
-def files(tiny_assets, tmp_path_factory) -> dict[str, Path]:
+def files(tiny_assets, paper_assets, tmp_path_factory) -> dict[str, Path]:
     """Models and data files, good and bad, built once."""
     from elasticity.models.hf import load_tokenizer
     from elasticity.models.tiny import build_tiny_model
@@ -55,12 +55,16 @@ def files(tiny_assets, tmp_path_factory) -> dict[str, Path]:
     (root / "binary.jsonl").write_bytes(bytes(range(256)) * 4)
     (root / "latin1.jsonl").write_bytes('{"text": "un caf\xe9"}\n'.encode("latin-1"))
     (root / "data.parquet").write_bytes(b"PAR1" + bytes(64))
-    (root / "data.csv").write_text("prompt,response\na,b\n")
+    (root / "data.csv").write_text("question,answer\na,b\n")
     (root / "binary.yaml").write_bytes(bytes(range(256)))
     (root / "latin1.yaml").write_bytes("data: caf\xe9\n".encode("latin-1"))
     (root / "list.yaml").write_text("- a\n- b\n")
     (root / "bad.yaml").write_text("train: {lr: [\n")
     (root / "a-file").write_text("not a folder\n")
+    (root / "dpo.yaml").write_text("experiment: dpo\n")
+    (root / "circle-a.yaml").write_text("extends: circle-b.yaml\n")
+    (root / "circle-b.yaml").write_text("extends: circle-a.yaml\n")
+    out["paper"] = paper_assets
     return out
 
 
@@ -82,17 +86,48 @@ def _resistance(f, *flags):
             "--eval.heldout_prompts", "4", "--policy.max_new_tokens", "4", *flags]
 
 
+def _preset(f, *flags, name="rebound-imdb", command="run"):
+    paper = f["paper"]
+    return [command, "--runs-dir", "runs", "--config", str(ROOT / "configs" / "paper" / f"{name}.yaml"),
+            "--models", str(paper["base"]), "--data.source", str(paper["imdb"]), "--scorer.model",
+            str(paper["sentiment"]), "--data.prompts", "4", "--q1", "8", "--q2", "0", "4", "--seeds", "0",
+            "--eval.pairs", "4", "--train.max_length", "96", "--train.bf16", "false", "--policy.max_new_tokens", "4",
+            *flags]
+
+
 def _pretrain(*flags):
     return ["pretrain", "--runs-dir", "runs", "--config", str(ROOT / "configs" / "pretrain-tiny.yaml"), *flags]
 
 
 CASES = {
+    # presets and raw datasets
+    "preset split missing": (lambda f: _preset(f, "--data.split", "validation"), "has no split 'validation'"),
+    "preset filter selects nothing": (lambda f: _preset(f, "--data.filters", "label=7"),
+                                      "label=7 selects none of the records"),
+    "preset template without input": (lambda f: _preset(f, "--data.template", "Q: A:"), "has no {input}"),
+    "preset adapter field missing": (lambda f: _preset(f, "--data.dataset", "alpaca", "--data.split", "train"),
+                                     "no field 'instruction' that the alpaca adapter reads"),
+    "preset unknown dataset": (lambda f: _preset(f, "--data.dataset", "imbd"), "unknown dataset 'imbd'"),
+    "preset data and a file": (lambda f: _preset(f, "--positive", str(f["pairs"])), "set either data.dataset or"),
+    "preset unknown experiment": (lambda f: ["run", "--config", str(f["root"] / "dpo.yaml")],
+                                  "experiment must be one of"),
+    "preset extends in a circle": (lambda f: ["run", "--config", str(f["root"] / "circle-a.yaml")],
+                                   "goes round in a circle"),
+    "preset model missing": (lambda f: _preset(f, "--models", str(f["paper"]["base"]), "nobody/nothing@step1"),
+                             "model 'nobody/nothing@step1' is not a local folder"),
+    "preset asks for more than the data holds": (lambda f: _preset(f, "--q1", "30"), "q1 asks for 30 positive"),
+    "plan split missing": (lambda f: _preset(f, "--data.heldout_split", "dev", command="plan"),
+                           "has no split 'dev'"),
+    "plan filter selects nothing": (lambda f: _preset(f, "--data.filters", "label=7", command="plan"),
+                                    "selects none"),
     # data files
     "binary data file": (lambda f: _train(f, data=f["root"] / "binary.jsonl"), "is not UTF-8 text"),
     "non-UTF-8 data file": (lambda f: _train(f, data=f["root"] / "latin1.jsonl"), "is not UTF-8 text"),
-    "parquet data file": (lambda f: _train(f, data=f["root"] / "data.parquet"), "unsupported data file"),
-    "csv data file": (lambda f: _train(f, data=f["root"] / "data.csv"), "unsupported data file"),
-    "data path is a folder": (lambda f: _train(f, data=f["root"]), "is a folder, not a data file"),
+    "parquet file that is not parquet": (lambda f: _train(f, data=f["root"] / "data.parquet"),
+                                         "not a readable parquet file"),
+    "csv file without the fields": (lambda f: _train(f, data=f["root"] / "data.csv"), "has no field 'prompt'"),
+    "data folder without the split": (lambda f: _train(f, data=f["root"]), "no split 'train'"),
+    "unsupported data file": (lambda f: _train(f, data=f["root"] / "bad.yaml"), "unsupported data file type"),
     "missing data file": (lambda f: _train(f, data=f["root"] / "none.jsonl"), "data file not found"),
     "record without the field": (lambda f: _train(f, "--kind", "text", data=f["pairs"]), "has no field 'text'"),
     "unknown kind": (lambda f: _train(f, "--kind", "dpo"), "kind must be 'sft' or 'text'"),

@@ -31,6 +31,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "resistance": ("elasticity.experiments.resistance",
                    "forward vs inverse alignment between SFT slices (Table 1), with controls and intervals"),
     "demo": ("elasticity.demo", "the main job on the embedded world: every experiment, one report"),
+    "run": ("elasticity.experiments.presets", "run a preset (configs/paper/): an experiment from raw data, per model"),
+    "plan": ("elasticity.experiments.plan", "what a preset would run, read and cost, without downloading anything"),
 }
 
 DEFAULT_RUNS = "runs"
@@ -46,7 +48,23 @@ def _flag_kwargs(tp: Any) -> dict:
     return {}
 
 
-def _subparser(sub: argparse._SubParsersAction, name: str, help_text: str, with_flags: bool) -> tuple:
+def config_class(module, config_path: str | None) -> type:
+    """A command's config dataclass: its `Config`, or, for commands whose schema depends on the file (presets name
+    their experiment), the class its `config_for(path)` picks."""
+    return module.config_for(config_path) if hasattr(module, "config_for") else module.Config
+
+
+def _config_path(argv: list[str]) -> str | None:
+    for i, a in enumerate(argv):
+        if a == "--config" and i + 1 < len(argv):
+            return argv[i + 1]
+        if a.startswith("--config="):
+            return a.split("=", 1)[1]
+    return None
+
+
+def _subparser(sub: argparse._SubParsersAction, name: str, help_text: str, with_flags: bool,
+               config_path: str | None = None) -> tuple:
     p = sub.add_parser(name, help=help_text, description=help_text)
     fields = []
     if with_flags:
@@ -57,7 +75,7 @@ def _subparser(sub: argparse._SubParsersAction, name: str, help_text: str, with_
             default=os.environ.get("ELASTICITY_RUNS", DEFAULT_RUNS),
             help="root of the run directories (default: $ELASTICITY_RUNS or ./runs)",
         )
-        fields = leaf_fields(module.Config)
+        fields = leaf_fields(config_class(module, config_path))
         for key, tp, default, doc in fields:
             shown = "required" if default is None and not _optional(tp) else f"default: {default}"
             p.add_argument(f"--{key}", dest=key, default=argparse.SUPPRESS, metavar="V",
@@ -70,14 +88,14 @@ def _optional(tp: Any) -> bool:
     return type(None) in get_args(tp)
 
 
-def build_parser(chosen: str | None) -> tuple[argparse.ArgumentParser, Any, list]:
+def build_parser(chosen: str | None, config_path: str | None = None) -> tuple[argparse.ArgumentParser, Any, list]:
     parser = argparse.ArgumentParser(
         prog="elasticity", description="Measure how language models resist alignment (Ji et al., ACL 2025)."
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     module, fields = None, []
     for name, (_, help_text) in COMMANDS.items():
-        _, m, f = _subparser(sub, name, help_text, with_flags=(name == chosen))
+        _, m, f = _subparser(sub, name, help_text, with_flags=(name == chosen), config_path=config_path)
         if name == chosen:
             module, fields = m, f
     return parser, module, fields
@@ -88,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
     chosen = next((a for a in argv if not a.startswith("-")), None)
     chosen = chosen if chosen in COMMANDS else None
     try:
-        parser, module, fields = build_parser(chosen)
+        parser, module, fields = build_parser(chosen, _config_path(argv))
         try:
             ns, unknown = parser.parse_known_args(argv)
         except SystemExit as e:  # argparse's own errors (and --help) already printed their line
@@ -103,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
         overrides = {
             key: parse_flag(tp, given[key], key) for key, tp, _, _ in fields if key in given
         }
-        cfg = load_config(module.Config, ns.config, overrides)
+        cfg = load_config(config_class(module, ns.config), ns.config, overrides)
         check_runs_root(Path(ns.runs_dir))
         quiet_loading()  # no progress bar per model loaded or saved: the commands say what they do
         module.run(cfg, Path(ns.runs_dir))

@@ -24,7 +24,8 @@ from typing import Literal
 
 from elasticity.codelength import Totals, encode_documents, encode_responses, score_sequences
 from elasticity.config import InputPath
-from elasticity.data.records import HUB_PREFIX, Fields, load_records
+from elasticity.data.records import Fields, load_records
+from elasticity.data.sources import HUB_PREFIX, first_row
 from elasticity.errors import UserError
 from elasticity.models.hf import context_length, quiet_loading, resolve_device
 from elasticity.runs import Run, planned_run, run_stage
@@ -76,21 +77,6 @@ class Dataset:
     records: list[dict[str, str]]
 
 
-def _peek(path: Path) -> object | None:
-    """The first record of a JSONL/JSON file, or None if it cannot be read (load_records then says why)."""
-    try:
-        if path.suffix == ".json":
-            data = json.loads(path.read_text(encoding="utf-8"))
-            return data[0] if isinstance(data, list) and data else None
-        with open(path, encoding="utf-8") as f:
-            for line in f:
-                if line.strip():
-                    return json.loads(line)
-    except (OSError, ValueError):
-        return None
-    return None
-
-
 def _detect_kind(source: str, fields: Fields, split: str) -> Kind:
     if source.startswith(HUB_PREFIX):  # no cheap peek: try documents, then pairs
         try:
@@ -98,7 +84,7 @@ def _detect_kind(source: str, fields: Fields, split: str) -> Kind:
             return "text"
         except UserError:
             return "pair"
-    first = _peek(Path(source))
+    first = first_row(source, split)
     if not isinstance(first, dict):
         return "text"  # load_records reports the missing file, bad line or empty dataset
     if fields.prompt in first and fields.response in first:

@@ -60,6 +60,8 @@ def _coerce(tp: Any, value: Any, key: str) -> Any:
         tp = str
     origin = get_origin(tp)
     if dataclasses.is_dataclass(tp):
+        if isinstance(value, str) and hasattr(tp, "parse"):  # a section given by one string (a model's source)
+            return tp.parse(value)
         if not isinstance(value, Mapping):
             raise UserError(f"config key '{key}' must be a mapping of {tp.__name__} fields, got {value!r}")
         return from_dict(tp, value, prefix=key + ".")
@@ -274,7 +276,9 @@ def _set_dotted(tree: dict, dotted: str, value: Any) -> None:
     node[parts[-1]] = value
 
 
-def read_yaml(path: str | Path) -> dict:
+def read_yaml(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict:
+    """A YAML mapping. `extends: OTHER.yaml` (a path relative to this file) takes the other file's values first
+    and this file's over them, section by section: a preset that differs from another in two keys says two."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"config file not found: {path}")
@@ -288,6 +292,11 @@ def read_yaml(path: str | Path) -> dict:
         return {}
     if not isinstance(data, dict):
         raise UserError(f"{path}: a config file must hold a mapping of keys to values")
+    if "extends" in data:
+        parent = path.parent / str(data.pop("extends"))
+        if parent.resolve() in _seen:
+            raise UserError(f"{path}: 'extends' goes round in a circle through {parent}")
+        data = _merge(read_yaml(parent, (*_seen, path.resolve())), data)
     return data
 
 

@@ -7,6 +7,7 @@ PNG figures. The bottom floor: it imports nothing of the package, so every layer
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
 import os
@@ -28,6 +29,19 @@ def atomic_write(path: Path, data: str | bytes) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+_HASHES: dict[tuple, str] = {}  # (path, size, mtime, inode) -> content hash: each file is read once a process
+
+
+def file_sha256(path: Path) -> str:
+    """sha256 of a file's whole content, streamed (a 14 GB checkpoint takes seconds, once per process)."""
+    st = Path(path).stat()
+    key = (str(Path(path).resolve()), st.st_size, st.st_mtime_ns, st.st_ino)
+    if key not in _HASHES:
+        with open(path, "rb") as f:
+            _HASHES[key] = hashlib.file_digest(f, "sha256").hexdigest()
+    return _HASHES[key]
 
 
 def write_json(path: Path, obj: Any) -> None:

@@ -28,6 +28,7 @@ import dataclasses
 import hashlib
 import os
 import platform
+import re
 import shutil
 import subprocess
 import sys
@@ -39,8 +40,9 @@ from typing import Any, Callable, Union, get_args, get_origin, get_type_hints
 
 from elasticity.config import config_hash, dump_yaml, is_input_path
 from elasticity.errors import UserError
-from elasticity.files import append_jsonl, atomic_write, jsonl_text, read_jsonl, write_json
+from elasticity.files import append_jsonl, atomic_write, file_sha256, jsonl_text, read_jsonl, write_json
 from elasticity.fingerprint import code_fingerprint
+from elasticity.hub import model_identity
 
 DONE = "DONE"
 LOCK = ".lock"
@@ -89,32 +91,14 @@ class Run:
         atomic_write(self.path / "metrics.jsonl", jsonl_text(kept))
 
 
-_HASHES: dict[tuple, str] = {}  # (path, size, mtime, inode) -> content hash: each file is read once a process
-
-
-def _file_hash(path: Path) -> str:
-    """sha256 of a file's whole content, streamed (a 14 GB checkpoint takes seconds, once per process)."""
-    st = path.stat()
-    key = (str(path.resolve()), st.st_size, st.st_mtime_ns, st.st_ino)
-    if key not in _HASHES:
-        with open(path, "rb") as f:
-            _HASHES[key] = hashlib.file_digest(f, "sha256").hexdigest()
-    return _HASHES[key]
-
-
 def _hub_hash(source: str) -> str:
     """A hub id by the commit its files come from: the one in the local cache, else "hub:<id>" (a model that is
     neither a local folder nor cached cannot be loaded offline anyway, and says so when it is loaded)."""
-    from huggingface_hub import try_to_load_from_cache
+    from elasticity.hub import cached_commit, split_revision
 
-    repo, _, revision = source.partition("@")
-    try:
-        cached = try_to_load_from_cache(repo, "config.json", revision=revision or None)
-    except Exception:  # noqa: BLE001 - an id the cache cannot even parse is not cached
-        cached = None
-    if isinstance(cached, str) and "/snapshots/" in cached:
-        return f"hub:{repo}@{cached.split('/snapshots/')[1].split('/')[0]}"
-    return f"hub:{source}"
+    repo, _ = split_revision(source)
+    commit = cached_commit(source)
+    return f"hub:{repo}@{commit}" if commit else f"hub:{source}"
 
 
 def input_hash(source: str | Path | Run) -> str:
@@ -128,10 +112,10 @@ def input_hash(source: str | Path | Run) -> str:
             return path.name
         h = hashlib.sha256()
         for p in sorted(q for q in path.rglob("*") if q.is_file() and q.name != LOCK):
-            h.update(f"{p.relative_to(path)}:{_file_hash(p)}\n".encode())
+            h.update(f"{p.relative_to(path)}:{file_sha256(p)}\n".encode())
         return h.hexdigest()[:16]
     if path.is_file():
-        return _file_hash(path)[:16]
+        return file_sha256(path)[:16]
     return _hub_hash(str(source))
 
 
@@ -161,6 +145,19 @@ def portable(obj: Any) -> Any:
     if isinstance(obj, (list, tuple)):
         return [portable(v) for v in obj]
     return obj
+
+
+HUB_ID = re.compile(r"[\w.-]+(/[\w.-]+)?(@[\w./-]+)?")  # gpt2, org/name, org/name@revision
+
+
+def _is_model(source: Any) -> bool:
+    """A model input (a model folder, a run directory with a model, a hub id), as opposed to data or a run."""
+    if not isinstance(source, str) or not source or source.startswith("hf:"):
+        return False
+    path = Path(source).expanduser()
+    if path.is_dir():
+        return any((path / sub / "config.json").is_file() for sub in ("", "model"))
+    return not path.exists() and HUB_ID.fullmatch(source) is not None
 
 
 def _git_commit() -> str | None:
@@ -302,6 +299,7 @@ def _compute(run: Run, stage: str, config: Any, inputs: dict, work, seed, device
         "seed": seed,
         "device": device,
         "inputs": {k: str(v.path if isinstance(v, Run) else v) for k, v in inputs.items()},
+        "models": {k: model_identity(v) for k, v in inputs.items() if _is_model(v)},
         "started": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(started)),
         "wall_time_s": round(time.time() - started, 3),
         **extra,

@@ -1,4 +1,5 @@
-"""Load any Hugging Face causal LM and its tokenizer from a local folder or, when asked, a hub id.
+"""Load any Hugging Face causal LM and its tokenizer from a local folder or, when asked, a hub id
+(`org/name`, or `org/name@revision` for a branch, tag or commit: Pythia's `step3000`, TinyLlama's steps).
 
 Safetensors are preferred whenever the folder has them; `trust_remote_code` stays off unless the caller
 turns it on. A local-looking path that does not exist is a user error, never a silent hub lookup.
@@ -9,19 +10,24 @@ from __future__ import annotations
 from pathlib import Path
 
 from elasticity.errors import UserError
-from elasticity.hub import hub_cached, hub_reachable
+from elasticity.hub import hub_cached, hub_reachable, split_revision
 
 ADAPTER = "adapter_config.json"  # a LoRA run saves its adapter; loading merges it into the base model
 
 
 def _looks_local(source: str) -> bool:
-    return source.startswith((".", "/", "~")) or source.count("/") > 1 or Path(source).exists()
+    return source.startswith((".", "/", "~")) or split_revision(source)[0].count("/") > 1 or Path(source).exists()
 
 
-def offline_arguments(source: str) -> dict:
-    """from_pretrained arguments: a hub model is read from the local cache alone when the hub cannot be reached
-    (instead of five retries and a traceback)."""
-    return {} if Path(source).is_dir() or hub_reachable() else {"local_files_only": True}
+def hub_arguments(source: str) -> tuple[str, dict]:
+    """(name, from_pretrained arguments) for a model source: a hub id's revision is passed as `revision`, and a
+    hub model is read from the local cache alone when the hub cannot be reached (instead of five retries and a
+    traceback)."""
+    if Path(source).is_dir():
+        return source, {}
+    name, revision = split_revision(source)
+    kwargs = {} if hub_reachable() else {"local_files_only": True}
+    return name, {**kwargs, "revision": revision} if revision else kwargs
 
 
 def resolve_model_source(source: str, need: str = "config.json") -> str:
@@ -39,7 +45,7 @@ def resolve_model_source(source: str, need: str = "config.json") -> str:
     if not hub_reachable() and not hub_cached(source):
         raise UserError(f"model '{source}' is not a local folder, not in the Hugging Face cache, and the hub cannot "
                         "be reached: download it where there is a network, or give a local folder")
-    return source  # a hub id such as "gpt2" or "org/name"
+    return source  # a hub id such as "gpt2", "org/name" or "org/name@revision"
 
 
 def resolve_device(name: str, key: str = "device"):
@@ -77,7 +83,8 @@ def load_config(source: str, trust_remote_code: bool = False):
 
     source = resolve_model_source(source)
     try:
-        return AutoConfig.from_pretrained(source, trust_remote_code=trust_remote_code, **offline_arguments(source))
+        name, hub = hub_arguments(source)
+        return AutoConfig.from_pretrained(name, trust_remote_code=trust_remote_code, **hub)
     except (OSError, ValueError) as e:
         raise UserError(f"cannot read the config of '{source}': {str(e).splitlines()[0]}") from None
 
@@ -94,7 +101,8 @@ def load_tokenizer(source: str, trust_remote_code: bool = False):
 
     source = resolve_model_source(source, need="tokenizer_config.json")
     try:
-        tok = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code, **offline_arguments(source))
+        name, hub = hub_arguments(source)
+        tok = AutoTokenizer.from_pretrained(name, trust_remote_code=trust_remote_code, **hub)
     except (OSError, ValueError) as e:
         raise UserError(f"cannot load a tokenizer from '{source}': {str(e).splitlines()[0]}") from None
     if tok.pad_token is None:  # batching needs a pad id; padded positions are always masked out
@@ -135,14 +143,16 @@ def load_causal_lm(source: str, trust_remote_code: bool = False, dtype: str | No
     source = resolve_model_source(source)
     local = Path(source).is_dir()
     kwargs = {"trust_remote_code": trust_remote_code, "use_safetensors": use_safetensors(source, allow_pickle, key),
-              "dtype": getattr(torch, dtype) if dtype else torch.float32, **offline_arguments(source)}
+              "dtype": getattr(torch, dtype) if dtype else torch.float32}
+    name, hub = hub_arguments(source)
+    kwargs.update(hub)
     try:
         if local and (Path(source) / ADAPTER).exists():
             from peft import AutoPeftModelForCausalLM
 
-            model = AutoPeftModelForCausalLM.from_pretrained(source, **kwargs).merge_and_unload()
+            model = AutoPeftModelForCausalLM.from_pretrained(name, **kwargs).merge_and_unload()
         else:
-            model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
+            model = AutoModelForCausalLM.from_pretrained(name, **kwargs)
     except (OSError, ValueError) as e:
         raise UserError(f"cannot load a causal LM from '{source}': {str(e).splitlines()[0]}") from None
     model.eval()

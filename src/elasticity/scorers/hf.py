@@ -13,7 +13,7 @@ import logging
 from typing import Any, Sequence
 
 from elasticity.errors import UserError
-from elasticity.models.hf import load_tokenizer, offline_arguments, resolve_model_source, use_safetensors
+from elasticity.models.hf import hub_arguments, load_tokenizer, resolve_model_source, use_safetensors
 from elasticity.models.hf import resolve_device as _resolve_device
 
 log = logging.getLogger("elasticity.scorers")
@@ -58,13 +58,14 @@ def load_sequence_classifier(
         "output_loading_info": True,
     }
     kwargs["use_safetensors"] = use_safetensors(source, allow_pickle, "scorer.allow_pickle")
-    kwargs.update(offline_arguments(source))
+    name, hub = hub_arguments(source)
+    kwargs.update(hub)
     if num_labels is not None:
         kwargs["num_labels"] = num_labels
     if head_key:
         kwargs["key_mapping"] = {f"^{head_key}\\.": "score."}
     try:
-        model, info = AutoModelForSequenceClassification.from_pretrained(source, **kwargs)
+        model, info = AutoModelForSequenceClassification.from_pretrained(name, **kwargs)
     except (OSError, ValueError) as e:
         raise UserError(f"cannot load a sequence classifier from '{source}': {str(e).splitlines()[0]}") from None
     except RuntimeError as e:  # transformers raises this for a head whose size does not match

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from elasticity.config import InputPath
 from elasticity.data.records import Fields, load_records
+from elasticity.data.sources import HUB_PREFIX, first_row
 from elasticity.data.tokenize import tokenize_note, tokenize_records
 from elasticity.models.spec import ModelConfig, load_model_for_training, model_input
 from elasticity.runs import Run, planned_run, run_stage
@@ -45,16 +46,10 @@ def _eval_sets(cfg: Config, tok) -> dict:
 
 def _is_text(source: str, cfg: Config) -> bool:
     """An evaluation file is text if its first record has the text field (evals may mix kinds)."""
-    import json
-
-    if source.startswith("hf:"):
+    if source.startswith(HUB_PREFIX):
         return cfg.kind == "text"
-    with open(source, encoding="utf-8") as f:
-        first = f.readline()
-    try:
-        return cfg.fields.text in json.loads(first)
-    except (json.JSONDecodeError, TypeError):
-        return cfg.kind == "text"
+    first = first_row(source)
+    return cfg.fields.text in first if isinstance(first, dict) else cfg.kind == "text"
 
 
 def train_stage(cfg: Config, runs_root: Path, quiet: bool = False) -> Run:
@@ -72,7 +67,7 @@ def train_stage(cfg: Config, runs_root: Path, quiet: bool = False) -> Run:
     cfg.model.check()
     records = load_records(cfg.data, need, cfg.fields, cfg.split)
     for source in cfg.eval:
-        if not source.startswith("hf:") and not Path(source).is_file():
+        if not source.startswith(HUB_PREFIX) and not Path(source).exists():
             raise UserError(f"data file not found: {source}")
     inputs = {"model": model_input(cfg.model), "data": cfg.data, **{f"eval:{e}": e for e in cfg.eval}}
     if planned_run(runs_root, "train", cfg, inputs, __name__).done:
