@@ -160,3 +160,21 @@ def test_pythia_suite_crosses_sizes_and_revisions_and_flags_duplicates(paper_ass
     plan = json.loads(capsys.readouterr().out)
     assert [m["commit"][-1] for m in plan["models"]] == ["1", "2", "1", "2"]
     assert all(m["available"] == "cached" and m["parameters_from"] == "config" for m in plan["models"])
+
+
+def test_weights_in_the_hub_cache_are_named_by_their_blob_not_read(tmp_path):
+    """The hub stores large files as blobs named by their sha256: a cached model's weights hash reads no weights
+    (the blob here holds other bytes than its name says, so a read would give another hash)."""
+    import hashlib
+    import os
+
+    from elasticity.hub import weights_hash
+
+    blobs, snapshot = tmp_path / "blobs", tmp_path / "snapshot"
+    blobs.mkdir()
+    snapshot.mkdir()
+    name = "ab" * 32
+    (blobs / name).write_bytes(b"not what the name says")
+    os.symlink(blobs / name, snapshot / "model.safetensors")
+    (snapshot / "config.json").write_text("{}")
+    assert weights_hash(str(snapshot)) == hashlib.sha256(f"model.safetensors:{name}\n".encode()).hexdigest()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 from functools import cache
 from pathlib import Path
 
@@ -116,8 +117,17 @@ def weights_hash(source: str) -> str | None:
         return None
     h = hashlib.sha256()
     for p in files:
-        h.update(f"{p.name}:{file_sha256(p)}\n".encode())
+        h.update(f"{p.name}:{_content_sha256(p)}\n".encode())
     return h.hexdigest()
+
+
+def _content_sha256(path: Path) -> str:
+    """A file's sha256; for a file of the hub cache, the name of the blob it links to, which is that sha256 (the
+    hub stores large files by content), so a cached 7B model is not read to be named."""
+    target = path.resolve()
+    if path.is_symlink() and target.parent.name == "blobs" and re.fullmatch(r"[0-9a-f]{64}", target.name):
+        return target.name
+    return file_sha256(path)
 
 
 def model_identity(source: str) -> dict:
