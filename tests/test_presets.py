@@ -178,3 +178,37 @@ def test_weights_in_the_hub_cache_are_named_by_their_blob_not_read(tmp_path):
     os.symlink(blobs / name, snapshot / "model.safetensors")
     (snapshot / "config.json").write_text("{}")
     assert weights_hash(str(snapshot)) == hashlib.sha256(f"model.safetensors:{name}\n".encode()).hexdigest()
+
+
+def test_the_chat_template_is_the_models_own(paper_assets, tmp_path):
+    """`data.template chat` wraps every prompt in the first model's chat template (one user turn, the generation
+    prompt added), without the BOS text the encoder adds again; the tokenizer is an input of the data stage."""
+    from elasticity.config import load_config
+    from elasticity.experiments.presets import ReboundPreset, data_stage
+    from elasticity.models.hf import load_tokenizer
+
+    model = tmp_path / "chat-model"
+    shutil.copytree(paper_assets["base"], model)
+    tok = load_tokenizer(str(model))
+    tok.chat_template = ("{{ bos_token }}{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}{% endfor %}"
+                         "{% if add_generation_prompt %}<|assistant|>{% endif %}")
+    tok.save_pretrained(model)
+    cfg = load_config(ReboundPreset, ROOT / "configs" / "paper" / "rebound-beavertails.yaml",
+                      {"models": [{"model": str(model)}], "data.source": str(paper_assets["beavertails"]),
+                       "data.template": "chat", "data.prompts": 4})
+    run = data_stage(cfg, tmp_path / "runs")
+    prompts = [json.loads(line)["prompt"] for line in open(run.file("prompts.jsonl"))]
+    assert all(p.startswith("<|user|>how do i ") and p.endswith("?<|assistant|>") for p in prompts)
+    assert json.loads(run.file("split.json").read_text())["template"] == "chat"
+    assert "tokenizer" in (run.file("config.yaml").read_text())
+
+
+def test_table3_is_read_from_the_runs_of_figure_4(paper_assets, runs, capsys):
+    """The Table 3 preset differs from Figure 4's only in its description: one set of runs serves both."""
+    paths = []
+    for name in ("rebound-beavertails", "table3-kl-beavertails"):
+        preset = ROOT / "configs" / "paper" / f"{name}.yaml"
+        assert main(["run", "--runs-dir", str(runs), *_local_flags(preset, paper_assets,
+                                                                   [str(paper_assets["base"])])]) == 0
+        paths.append(capsys.readouterr().out.strip().splitlines()[-1])
+    assert paths[0] == paths[1]
