@@ -157,3 +157,18 @@ def test_bad_data_is_one_clear_error(raw, cfg, message):
     with pytest.raises(UserError) as e:
         prepare(DataConfig(source=str(raw["beavertails"]), **{"prompts": 5, **cfg}))
     assert message in str(e.value) and "\n" not in str(e.value)
+
+
+def test_preference_datasets_from_folders_of_jsonl_files(raw):
+    """PKU-SafeRLHF (data/train.jsonl, data/test.jsonl) and HH-RLHF (train.jsonl, test.jsonl): pools and pairs,
+    evaluation prompts from the test split."""
+    pku = prepare(DataConfig(dataset="pku-saferlhf", source=str(raw["pku-saferlhf"]), prompts=4))
+    assert pku.record["split"] == "train" and pku.record["heldout_split"] == "test"
+    assert pku.record["pools"] == {"positive": 24, "negative": 24, "pairs": 24}
+    rows = {r["prompt"]: r for _, r in read_rows(raw["pku-saferlhf"], "train")[0]}
+    for pair in pku.pools["pairs"]:
+        raw_row = rows[pair["prompt"].removeprefix("BEGINNING OF CONVERSATION: USER: ").removesuffix(" ASSISTANT:")]
+        assert pair["chosen"] == raw_row[f"response_{raw_row['safer_response_id']}"]
+    hh = prepare(DataConfig(dataset="hh-rlhf", source=str(raw["hh-rlhf"]), prompts=3))
+    assert hh.record["template"] == "plain" and hh.record["pools"] == {"positive": 20, "negative": 20, "pairs": 20}
+    assert all(p.endswith("\n\nAssistant:") for p in hh.prompts)
