@@ -166,6 +166,7 @@ def checked_configs(cfg: Suite, models: list[ModelEntry], runs_root: Path) -> tu
 
 
 def _data_inputs(cfg: Suite) -> dict:
+    """The data stage's inputs: the source, and the first model's tokenizer when the template is its chat one."""
     chat = defaults(cfg.data)[3] == "chat"
     return {"source": defaults(cfg.data)[0], **({"tokenizer": entries(cfg)[0].model} if chat else {})}
 
@@ -177,11 +178,10 @@ def data_run(cfg: Suite, runs_root: Path) -> Run:
 
 def data_stage(cfg: Suite, runs_root: Path) -> Run:
     """Prepare the raw dataset once: every pool as a JSONL file, the evaluation prompts, and split.json."""
-    chat = defaults(cfg.data)[3] == "chat"
-    first = entries(cfg)[0].model
+    inputs = _data_inputs(cfg)
 
     def work(run: Run) -> None:
-        tok = load_tokenizer(first, cfg.trust_remote_code) if chat else None
+        tok = load_tokenizer(inputs["tokenizer"], cfg.trust_remote_code) if "tokenizer" in inputs else None
         prepared = prepare(cfg.data, tok)
         for name in POOLS:
             if name in prepared.pools:
@@ -190,7 +190,7 @@ def data_stage(cfg: Suite, runs_root: Path) -> Run:
         write_jsonl(run.file("prompts.jsonl"), [{"prompt": p} for p in prepared.prompts])
         run.write_json("split.json", prepared.record)
 
-    return stage(runs_root, "data", cfg.data, _data_inputs(cfg), work)
+    return stage(runs_root, "data", cfg.data, inputs, work)
 
 
 def experiment_config(cfg: Suite, model: str, data: Run | None):
