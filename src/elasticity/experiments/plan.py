@@ -27,6 +27,7 @@ from elasticity.data.tokenize import encode_pair
 from elasticity.experiments.presets import Config, ModelEntry, Suite, check_suite, config_for, entries  # noqa: F401
 from elasticity.experiments.skeleton import seed_order
 from elasticity.hub import cached_commit, hub_cached, model_folder, split_revision
+from elasticity.models.hf import parameter_count
 
 __all__ = ["Config", "config_for", "run", "build_plan"]
 
@@ -69,13 +70,12 @@ def _read_model(entry: ModelEntry) -> Model:
         if (folder / "model" / "config.json").is_file():
             folder = folder / "model"
         try:
-            import torch
-            from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+            from transformers import AutoConfig, AutoTokenizer
 
             config = AutoConfig.from_pretrained(str(folder))
-            with torch.device("meta"):  # no memory, no weights: the exact parameter count
-                params = float(AutoModelForCausalLM.from_config(config).num_parameters())
-            origin = "config"
+            counted = parameter_count(str(folder))  # exact, from the config on the meta device
+            if counted is not None:
+                params, origin = counted, "config"
             tok = AutoTokenizer.from_pretrained(str(folder))
         except Exception:  # noqa: BLE001 - a model plan cannot read is described by the preset alone
             pass

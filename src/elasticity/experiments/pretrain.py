@@ -19,7 +19,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from elasticity.data.tokenize import encode_text
+from elasticity.data.tokenize import IGNORE, Example, encode_text, pack_blocks
 from elasticity.errors import UserError
 from elasticity.files import write_jsonl
 from elasticity.generate import DecodingPolicy, generate
@@ -48,6 +48,7 @@ PRETRAIN = TrainConfig(
 class Config:
     world: WorldConfig = field(default_factory=WorldConfig)
     sizes: tuple[str, ...] = ("1m",)  # model size presets; the first is the default model
+    lrs: tuple[float, ...] = ()  # learning rate per size, in the order of sizes (the ladder's recipes); empty: train.lr
     tokens: int = 0  # training tokens per model; 0 = the whole corpus once
     checkpoint_tokens: tuple[int, ...] = (250_000, 500_000, 1_000_000, 2_000_000)  # keep these pre-training volumes
     train: TrainConfig = field(default_factory=lambda: PRETRAIN)
@@ -55,11 +56,17 @@ class Config:
     samples: DecodingPolicy = field(default_factory=lambda: DecodingPolicy(temperature=1.0, max_new_tokens=160))
 
 
-def _check(cfg: Config) -> None:
+def check(cfg: Config) -> None:
+    """Reject a pre-training no run can do, naming the key."""
     for size in cfg.sizes:
         check_size(size)
     if not cfg.sizes:
         raise UserError("sizes must name at least one model size preset")
+    if len(set(cfg.sizes)) < len(cfg.sizes):
+        raise UserError(f"sizes repeats {next(s for s in cfg.sizes if cfg.sizes.count(s) > 1)}; give each size once")
+    if cfg.lrs and (len(cfg.lrs) != len(cfg.sizes) or min(cfg.lrs) <= 0):
+        raise UserError(f"lrs must give one positive learning rate per size ({len(cfg.sizes)}: "
+                        f"{', '.join(cfg.sizes)}), got {list(cfg.lrs)}")
     cfg.train.check("train")
     if cfg.tokens < 0 or cfg.heldout_docs < 1:
         raise UserError(f"tokens must be >= 0 (0 = the whole corpus) and heldout_docs must be >= 1, got "
@@ -82,9 +89,14 @@ def _check(cfg: Config) -> None:
                         "or raise tokens")
 
 
+def lr_of(cfg: Config, size: str) -> float:
+    """The learning rate `size` pre-trains at: its entry of `lrs`, else train.lr."""
+    return cfg.lrs[cfg.sizes.index(size)] if cfg.lrs and size in cfg.sizes else cfg.train.lr
+
+
 def pretrain_model(cfg: Config, size: str, runs_root: Path, world: Run | None = None) -> tuple[Run, Run]:
     """Build (or reuse) the world and pre-train (or reuse) one model of `size`; returns (world, train) runs."""
-    _check(cfg)
+    check(cfg)
     world = world or build_world(cfg.world, runs_root)
     per_step = cfg.train.batch_size * cfg.train.grad_accum * cfg.train.max_length
     max_steps = cfg.tokens // per_step if cfg.tokens else None
@@ -93,7 +105,7 @@ def pretrain_model(cfg: Config, size: str, runs_root: Path, world: Run | None = 
         data=str(world.file("pretrain.jsonl")),
         kind="text",
         pack=True,
-        train=TrainConfig(**{**cfg.train.__dict__, "max_steps": max_steps,
+        train=TrainConfig(**{**cfg.train.__dict__, "lr": lr_of(cfg, size), "max_steps": max_steps,
                              "checkpoint_tokens": tuple(t for t in cfg.checkpoint_tokens)}),
     )
     print(f"[pretrain] {size} model on {world.path.name}", file=sys.stderr)
@@ -115,13 +127,21 @@ def _heldout(world: Run, component: str, n: int) -> list[dict]:
     return [json.loads(line) for line in lines]
 
 
-def evaluate_model(folder: Path, world: Run, n_docs: int) -> dict:
+def packed(examples: list[Example], block: int, bos: int) -> list[Example]:
+    """Documents packed into blocks as in pre-training, with the BOS tokens masked as targets (they are not
+    text, and the truth does not count them): what the model is trained to predict, read on held-out text."""
+    return [Example(b.input_ids, [IGNORE if t == bos else t for t in b.labels]) for b in pack_blocks(examples, block)]
+
+
+def evaluate_model(folder: Path, world: Run, n_docs: int, block: int = 128) -> dict:
     """Held-out bits/token of one model on every component, beside the truth on exactly those documents.
 
     Each document is scored whole (BOS + text + EOS; the world's documents fit the context), so the model pays
     for ending the document just as the world's exact -log p(doc) does; both count text tokens + EOS.
     The true rate is the paired one, sum of exact nats / sum of tokens of the same documents, with the
-    card's sampled entropy rate (and its SE) beside it.
+    card's sampled entropy rate (and its SE) beside it. `packed_bits_per_token` reads the same documents packed
+    into `block`-token blocks as in training: a document scored whole starts with BOS at position 0, which packed
+    training never shows (the prediction of its first token is never trained and can drift: README).
     """
     card = json.loads(world.file(CARD_FILE).read_text())
     model, tok = load_causal_lm(str(folder))
@@ -134,7 +154,9 @@ def evaluate_model(folder: Path, world: Run, n_docs: int) -> dict:
         assert n == sum(d["tokens"] for d in docs), "model and world count tokens differently"
         true = sum(d["nats"] for d in docs) / n / LN2
         sampled = card["components"][c]["entropy"]
-        row[c] = {"bits_per_token": scored.bits_per_token, "true_bits_per_token": true,
+        blocks = teacher_forced(model, packed(examples, block, tok.bos_token_id), tok.pad_token_id, batch_size=64)
+        row[c] = {"bits_per_token": scored.bits_per_token, "packed_bits_per_token": blocks.bits_per_token,
+                  "true_bits_per_token": true,
                   "gap": scored.bits_per_token - true,
                   "entropy_rate": sampled["bits_per_token"], "entropy_rate_se": sampled["bits_per_token_se"]}
     return row
@@ -167,17 +189,19 @@ def sample_report(folder: Path, world: Run, policy: DecodingPolicy) -> tuple[dic
 
 
 def _table(rows: list[dict]) -> str:
-    head = "| size | checkpoint | tokens | " + " | ".join(f"{c} bits/token (true)" for c in COMPONENTS) + " |"
+    """Whole documents / packed blocks (the truth on the same documents)."""
+    head = "| size | checkpoint | tokens | " + " | ".join(f"{c}: whole / packed (true)" for c in COMPONENTS) + " |"
     lines = [head, "|" + "---|" * (3 + len(COMPONENTS))]
     for r in rows:
-        cells = [f"{r[c]['bits_per_token']:.3f} ({r[c]['true_bits_per_token']:.3f})" for c in COMPONENTS]
+        cells = [f"{r[c]['bits_per_token']:.3f} / {r[c]['packed_bits_per_token']:.3f} ({r[c]['true_bits_per_token']:.3f})"
+                 for c in COMPONENTS]
         lines.append(f"| {r['size']} | {r['checkpoint']} | {r['tokens']:,} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
 def report_stage(cfg: Config, runs_root: Path) -> Run:
     """Pre-train every size (cached), then write the held-out table and the sample report."""
-    _check(cfg)
+    check(cfg)
     world = build_world(cfg.world, runs_root)
     trains = {size: pretrain_model(cfg, size, runs_root, world)[1] for size in cfg.sizes}
 
@@ -186,8 +210,8 @@ def report_stage(cfg: Config, runs_root: Path) -> Run:
         for size, train in trains.items():
             for name, tokens, folder in _models(train):
                 print(f"[pretrain] scoring {size} {name}", file=sys.stderr)
-                rows.append({"size": size, "checkpoint": name, "tokens": tokens,
-                             **evaluate_model(folder, world, cfg.heldout_docs)})
+                rows.append({"size": size, "checkpoint": name, "tokens": tokens, "lr": lr_of(cfg, size),
+                             **evaluate_model(folder, world, cfg.heldout_docs, cfg.train.max_length)})
         run.write_json("table.json", rows)
         run.write_text("table.md", _table(rows))
         report, samples = sample_report(trains[cfg.sizes[0]].file("model"), world, cfg.samples)

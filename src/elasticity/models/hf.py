@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from elasticity.errors import UserError
-from elasticity.hub import hub_cached, hub_reachable, split_revision
+from elasticity.hub import hub_cached, hub_reachable, model_folder, split_revision
 
 ADAPTER = "adapter_config.json"  # a LoRA run saves its adapter; loading merges it into the base model
 
@@ -138,6 +138,7 @@ def load_causal_lm(source: str, trust_remote_code: bool = False, dtype: str | No
     Weights are read from safetensors only unless `allow_pickle` (see `use_safetensors`; `key` names the flag).
     """
     import torch
+    from safetensors import SafetensorError
     from transformers import AutoModelForCausalLM
 
     source = resolve_model_source(source)
@@ -153,9 +154,29 @@ def load_causal_lm(source: str, trust_remote_code: bool = False, dtype: str | No
             model = AutoPeftModelForCausalLM.from_pretrained(name, **kwargs).merge_and_unload()
         else:
             model = AutoModelForCausalLM.from_pretrained(name, **kwargs)
-    except (OSError, ValueError) as e:
+    except (OSError, ValueError, SafetensorError) as e:  # missing, unreadable or cut-short weights
         raise UserError(f"cannot load a causal LM from '{source}': {str(e).splitlines()[0]}") from None
     model.eval()
     if device is not None:
         model.to(resolve_device(device))
     return model, load_tokenizer(source, trust_remote_code)
+
+
+def parameter_count(source: str, trust_remote_code: bool = False) -> float | None:
+    """The exact parameter count of a model on this machine (a folder, a run directory, a cached hub id), from its
+    config alone: the model is built on the meta device, so no weight is read and no memory is taken. None where
+    no config is here or it cannot be built."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    folder = model_folder(source)
+    if folder is None:
+        return None
+    if (folder / "model" / "config.json").is_file():  # a run directory
+        folder = folder / "model"
+    try:
+        config = AutoConfig.from_pretrained(str(folder), trust_remote_code=trust_remote_code)
+        with torch.device("meta"):
+            return float(AutoModelForCausalLM.from_config(config, trust_remote_code=trust_remote_code).num_parameters())
+    except Exception:  # noqa: BLE001 - an unreadable config means the count is unknown, not an error
+        return None

@@ -12,7 +12,7 @@ from elasticity.errors import UserError
 @dataclass(frozen=True)
 class ModelConfig:
     path: InputPath | None = None  # HF model folder, run directory (its model/), or hub id
-    size: str | None = None  # or: a tiny preset built from scratch ("0.2m", "1m", "5m") ...
+    size: str | None = None  # or: a tiny preset built from scratch (models.tiny.SIZES: "0.1m" ... "5m") ...
     tokenizer: InputPath | None = None  # ... with this tokenizer folder
     init_seed: int = 0  # random initialisation of a tiny preset
     trust_remote_code: bool = False  # let a hub checkpoint run its own modelling code

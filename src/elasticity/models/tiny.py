@@ -11,9 +11,14 @@ from typing import Iterable
 from elasticity.errors import UserError
 
 # name -> (hidden size, layers, heads, MLP size)
+# The scaling ladder is 0.1m / 0.2m / 0.5m / 1m (92k to 984k parameters, 10.7x); 2m and 5m lie past the point
+# where the default world rewards capacity (README, "The size ladder").
 SIZES: dict[str, tuple[int, int, int, int]] = {
+    "0.1m": (40, 2, 4, 160),
     "0.2m": (64, 2, 4, 256),
+    "0.5m": (96, 3, 4, 288),
     "1m": (128, 4, 4, 384),
+    "2m": (160, 5, 4, 480),
     "5m": (256, 6, 8, 768),
 }
 
