@@ -151,6 +151,12 @@ def test_pythia_suite_crosses_sizes_and_revisions_and_flags_duplicates(paper_ass
                     "tiny/pythia-b@step2": "tiny/pythia-a@step1"}
     results = [Path(r["result"]) for r in rows]
     assert len(set(results)) == 4  # one experiment per revision: different commits, different stages
+    # the suite's scaling report: parameters counted from the cached configs, tokens from the step revisions
+    summary = (suite / "summary.txt").read_text()
+    (scaling,) = [d for d in runs.glob("scaling-*") if str(d) in summary]
+    trends = [json.loads(line) for line in (scaling / "trends.jsonl").read_text().splitlines()]
+    assert {t["axis"] for t in trends} == {"volume"}  # both tiny "sizes" have the same parameter count
+    assert {t["parameters"] > 0 and t["per"] == "decade of tokens" for t in trends} == {True}
     base_meta = json.loads((next(runs.glob("rebound-base-*/meta.json"))).read_text())
     assert "models" in base_meta
     metas = [json.loads(p.read_text()) for p in runs.glob("rebound-base-*/meta.json")]

@@ -30,6 +30,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "rebound": ("elasticity.experiments.rebound", "align with Q1 positives, fine-tune on Q2 negatives, measure the fall"),
     "resistance": ("elasticity.experiments.resistance",
                    "forward vs inverse alignment between SFT slices (Table 1), with controls and intervals"),
+    "scaling": ("elasticity.experiments.scaling",
+                "elasticity against model size and pre-training volume: one rebound per base model"),
     "demo": ("elasticity.demo", "the main job on the embedded world: every experiment, one report"),
     "run": ("elasticity.experiments.presets", "run a preset (configs/paper/): an experiment from raw data, per model"),
     "plan": ("elasticity.experiments.plan", "what a preset would run, read and cost, without downloading anything"),

@@ -35,7 +35,8 @@ from elasticity.experiments import rebound, resistance
 from elasticity.experiments.skeleton import say, stage
 from elasticity.files import csv_text, write_jsonl
 from elasticity.hub import model_identity
-from elasticity.models.hf import load_tokenizer, resolve_model_source
+from elasticity.models.hf import load_tokenizer, parameter_count, resolve_model_source
+from elasticity.report.scaling import Rebounded, write_from_runs
 from elasticity.runs import Run, planned_run
 
 EXPERIMENTS = {"rebound": rebound, "resistance": resistance}
@@ -226,8 +227,21 @@ def duplicates(identities: list[dict]) -> dict[str, str]:
     return out
 
 
+def scaling_report_stage(rebounded: list[Rebounded], runs_root: Path, inputs: dict | None = None) -> Run:
+    """The scaling report of finished rebounds, one per base model: every metric's trend against log parameters
+    and log pre-training tokens (`analysis.scaling`, `report.scaling`)."""
+    def work(run: Run) -> None:
+        write_from_runs(run, rebounded)
+
+    key = [(r.label, r.parameters, r.tokens) for r in rebounded]
+    inputs = {**{f"rebound:{r.label}": r.rebound for r in rebounded},
+              **{f"resistance:{r.label}": r.resistance for r in rebounded if r.resistance}, **(inputs or {})}
+    return stage(runs_root, "scaling", key, inputs, work, reports=True)
+
+
 def suite_stage(cfg: Suite, runs_root: Path) -> Run:
-    """Run (or reuse) every model's experiment; returns the suite run with models.csv and summary.txt."""
+    """Run (or reuse) every model's experiment; returns the suite run with models.csv and summary.txt. A rebound
+    suite of two or more models also gets the scaling report (its `scaling-<h>/` is named in the summary)."""
     models = check_suite(cfg)
     data, configs = checked_configs(cfg, models, runs_root)
     module = EXPERIMENTS[cfg.experiment]
@@ -235,6 +249,10 @@ def suite_stage(cfg: Suite, runs_root: Path) -> Run:
     for i, (entry, config) in enumerate(zip(models, configs), start=1):
         say(cfg.experiment, f"model {i} of {len(models)}: {entry.model}")
         results[entry.model] = getattr(module, f"{cfg.experiment}_stage")(config, runs_root)
+    scaling = None
+    if cfg.experiment == "rebound" and len(models) > 1:
+        scaling = scaling_report_stage([Rebounded(e.label or e.model, e.model, e.parameters or parameter_count(
+            e.model, cfg.trust_remote_code) or 0.0, e.tokens, results[e.model]) for e in models], runs_root)
 
     def work(run: Run) -> dict:
         identities = [model_identity(e.model) for e in models]
@@ -248,10 +266,14 @@ def suite_stage(cfg: Suite, runs_root: Path) -> Run:
         lines = [f"{cfg.experiment} on {len(models)} model(s)" + (f", data {cfg.data.dataset}" if data else "")]
         lines += [f"  {e.label or e.model}: {results[e.model].path}" for e in models]
         lines += [f"  WARNING: {a} has the same weights as {b}: the two are one model" for a, b in same.items()]
+        if scaling is not None:
+            lines += [f"  elasticity against size and volume: {scaling.path}",
+                      *[f"  {line}" for line in scaling.lines("summary.txt")[1:]]]
         run.write_text("summary.txt", "\n".join(lines) + "\n")
         return {"models": identities}
 
-    inputs = {**({"data": data} if data else {}), **{f"result:{k}": r for k, r in results.items()}}
+    inputs = {**({"data": data} if data else {}), **{f"result:{k}": r for k, r in results.items()},
+              **({"scaling": scaling} if scaling else {})}
     key = {"experiment": cfg.experiment, "models": cfg.models, "revisions": cfg.revisions,
            "tokens_per_step": cfg.tokens_per_step}
     return stage(runs_root, "suite", key, inputs, work)
