@@ -2,8 +2,9 @@
 
 1. Every size of the ladder at 1M tokens (seed 0) at each learning rate: the rate with the lowest held-out
    bits/token (packed as in training, mean over the three components) is the size's recipe.
-2. Every size at its rate on the whole corpus (the ladder's final volume) with two pre-training seeds: the
-   ladder must improve strictly with size by more than the spread between the seeds.
+2. Every size at its rate on the whole corpus with two pre-training seeds: at the ladder's volume (scaling-world's
+   `size_volume` checkpoint; the final models too, for the record) the ladder must improve strictly with size by
+   more than the spread between the seeds.
 
 Each run is an ordinary cached `elasticity pretrain` stage (seed 0 of step 2 is the training scaling-world
 reuses). Writes runs/ladder-sweep.csv and runs/ladder-sweep.md and prints the markdown.
@@ -52,27 +53,32 @@ def main_(runs: str) -> None:
                 rows.append({"step": "lr", "size": r["size"], "lr": lr, "seed": 0, "tokens": r["tokens"],
                              **{c: r[c]["packed_bits_per_token"] for c in COMPONENTS}, "mean": mean_rate(r)})
     best = {s: min((r for r in rows if r["size"] == s), key=lambda r: r["mean"])["lr"] for s in SIZES}
-    world = read_yaml("configs/scaling-world.yaml")["pretrain"]
+    preset = read_yaml("configs/scaling-world.yaml")
+    world, at = preset["pretrain"], preset.get("size_volume", 0)
     chosen = dict(zip(world["sizes"], world["lrs"]))
     for seed in (0, 1):
         flags = ["--config", "configs/pretrain.yaml", "--sizes", *SIZES, "--lrs", *(str(chosen[s]) for s in SIZES),
                  "--train.seed", str(seed)]
         for r in pretrain(runs, flags):
-            if r["checkpoint"] == "model":
+            if r["checkpoint"] in ("model", f"tokens-{at}"):
                 rows.append({"step": "ladder", "size": r["size"], "lr": r["lr"], "seed": seed, "tokens": r["tokens"],
-                             **{c: r[c]["packed_bits_per_token"] for c in COMPONENTS}, "mean": mean_rate(r)})
+                             "checkpoint": r["checkpoint"], **{c: r[c]["packed_bits_per_token"] for c in COMPONENTS},
+                             "mean": mean_rate(r)})
     lines = ["| step | size | lr | seed | tokens | " + " | ".join(COMPONENTS) + " | mean |", "|---" * 9 + "|"]
     lines += [f"| {r['step']} | {r['size']} | {r['lr']:g} | {r['seed']} | {r['tokens']:,} | "
               + " | ".join(f"{r[c]:.4f}" for c in COMPONENTS) + f" | {r['mean']:.4f} |" for r in rows]
     lines += ["", "lowest mean at 1M tokens: " + ", ".join(f"{s} {lr:g}" for s, lr in best.items()),
               "scaling-world's rates: " + ", ".join(f"{s} {lr:g}" for s, lr in chosen.items())]
-    ladder = {(r["size"], r["seed"]): r["mean"] for r in rows if r["step"] == "ladder"}
-    spread = max(abs(ladder[(s, 0)] - ladder[(s, 1)]) for s in SIZES)
-    gaps = [min(ladder[(a, k)] for k in (0, 1)) - max(ladder[(b, k)] for k in (0, 1)) for a, b in zip(SIZES, SIZES[1:])]
-    lines.append(f"ladder: largest seed spread {spread:.4f}; worst seed of each size against the best of the next "
-                 f"larger: gaps " + ", ".join(f"{g:+.4f}" for g in gaps) + (
-                     " (strictly better with size, beyond the seed spread)" if min(gaps) > spread else
-                     " (NOT strictly better with size beyond the seed spread)"))
+    for checkpoint in dict.fromkeys([f"tokens-{at}" if at else "model", "model"]):
+        ladder = {(r["size"], r["seed"]): r["mean"] for r in rows if r["step"] == "ladder"
+                  and r["checkpoint"] == checkpoint}
+        spread = max(abs(ladder[(s, 0)] - ladder[(s, 1)]) for s in SIZES)
+        gaps = [min(ladder[(a, k)] for k in (0, 1)) - max(ladder[(b, k)] for k in (0, 1))
+                for a, b in zip(SIZES, SIZES[1:])]
+        lines.append(f"ladder at {checkpoint}: largest seed spread {spread:.4f}; the worse seed of each size against "
+                     "the better of the next larger: gaps " + ", ".join(f"{g:+.4f}" for g in gaps) + (
+                         " (strictly better with size, beyond the seed spread)" if min(gaps) > spread else
+                         " (NOT strictly better with size beyond the seed spread)"))
     Path(runs, "ladder-sweep.csv").write_text(csv_text(rows))
     Path(runs, "ladder-sweep.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))

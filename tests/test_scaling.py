@@ -104,6 +104,16 @@ def test_scaling_tiny_runs_end_to_end_and_is_cached(tmp_path, capsys):
     rows = [json.loads(line) for line in (with_resistance / "trends.jsonl").read_text().splitlines()]
     difference = [r for r in rows if r["view"] == "resistance" and r["metric"] == "difference"]
     assert {r["axis"] for r in difference} == {"size", "volume"} and all(r["n"] == 2 for r in difference)
+    # the full grid: every size's checkpoints, so a size axis at each volume and a volume axis at each size
+    capsys.readouterr()
+    assert main(["scaling", "--runs-dir", str(tmp_path), *TINY, "--volume_size", "all"]) == 0
+    grid = Path(capsys.readouterr().out.strip().splitlines()[-1])
+    assert [m["label"] for m in csv.DictReader(open(grid / "models.csv"))] == [
+        "0.1m", "0.2m", "0.1m@12,288", "0.2m@12,288"]
+    rows = [json.loads(line) for line in (grid / "trends.jsonl").read_text().splitlines()]
+    assert {(r["axis"], r["models"]) for r in rows} == {
+        ("size", "0.1m@12,288 0.2m@12,288"), ("size", "0.1m 0.2m"), ("volume", "0.1m@12,288 0.1m"),
+        ("volume", "0.2m@12,288 0.2m")}
 
 
 def _pairs(path: Path, words: list[str], n: int) -> str:

@@ -41,8 +41,11 @@ class Config(rebound.Config):
     """`elasticity scaling`: the rebound every model gets, and the models (the world's ladder, or `models`)."""
 
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)  # the world and its size ladder (sizes, lrs)
-    volume_size: str = ""  # the size whose token checkpoints are the volume axis; "" = the largest (last) size
+    volume_size: str = ""  # the size whose token checkpoints are the volume axis; "" = the largest (last) size;
+    # "all" = every size's (the full grid: a size axis at every volume, a volume axis at every size)
     volumes: tuple[int, ...] = ()  # which of its checkpoint_tokens to run (its final model always runs); () = all
+    size_volume: int = 0  # the size axis at this checkpoint of every size (one of checkpoint_tokens); 0 = the final
+    # models (the whole pre-training of each)
     models: tuple[ModelEntry, ...] = ()  # instead of the world: base models with their parameter and token counts
     resistance: bool = False  # also run resistance per model (forward vs inverse; its differences get trends too)
     resistance_preset: InputPath = "configs/resistance-demo.yaml"  # its settings; on the world, the world's files
@@ -66,8 +69,11 @@ def check(cfg: Config) -> None:
         return
     check_pretrain(cfg.pretrain)
     sizes = cfg.pretrain.sizes
-    if cfg.volume_size and cfg.volume_size not in sizes:
-        raise UserError(f"volume_size {cfg.volume_size} is not one of pretrain.sizes ({', '.join(sizes)})")
+    if cfg.volume_size and cfg.volume_size not in (*sizes, "all"):
+        raise UserError(f"volume_size {cfg.volume_size} is not one of pretrain.sizes ({', '.join(sizes)}) or all")
+    if cfg.size_volume and cfg.size_volume not in cfg.pretrain.checkpoint_tokens:
+        raise UserError(f"size_volume {cfg.size_volume} is not one of pretrain.checkpoint_tokens "
+                        f"{list(cfg.pretrain.checkpoint_tokens)}")
     missing = [v for v in cfg.volumes if v not in cfg.pretrain.checkpoint_tokens]
     if missing:
         raise UserError(f"volumes {missing[0]} is not one of pretrain.checkpoint_tokens "
@@ -93,18 +99,29 @@ def world_models(cfg: Config, runs_root: Path) -> tuple[list[Rebounded], dict]:
     trains = {size: pretrain_model(pre, size, runs_root, world)[1] for size in pre.sizes}
     report = report_stage(pre, runs_root)
     table = json.loads(report.file("table.json").read_text())
-    models = []
+    models, params = [], {}
     for size, train in trains.items():
         final = train.file("model")
-        models.append(Rebounded(size, str(train.path), parameter_count(str(final)), _progress_tokens(final),
-                                extra=_heldout(table, size, "model")))
-    vsize = cfg.volume_size or pre.sizes[-1]
-    params = next(m.parameters for m in models if m.label == vsize)
-    for mark in cfg.volumes or pre.checkpoint_tokens:
-        folder = trains[vsize].file("checkpoints") / f"tokens-{mark}"
-        tokens = _progress_tokens(folder)
-        models.append(Rebounded(f"{vsize}@{tokens:,}", str(folder), params, tokens,
-                                extra=_heldout(table, vsize, folder.name)))
+        params[size] = parameter_count(str(final))
+        if cfg.size_volume:  # the size axis at a checkpoint: every size pre-trained on that many tokens
+            folder = train.file("checkpoints") / f"tokens-{cfg.size_volume}"
+            models.append(Rebounded(f"{size}@{_progress_tokens(folder):,}", str(folder), params[size],
+                                    _progress_tokens(folder), extra=_heldout(table, size, folder.name)))
+        else:
+            models.append(Rebounded(size, str(train.path), params[size], _progress_tokens(final),
+                                    extra=_heldout(table, size, "model")))
+    vsizes = pre.sizes if cfg.volume_size == "all" else [cfg.volume_size or pre.sizes[-1]]
+    for vsize in vsizes:
+        marks = [m for m in cfg.volumes or pre.checkpoint_tokens if not (cfg.size_volume == m)]
+        for mark in marks:  # the size axis's checkpoint is on it already
+            folder = trains[vsize].file("checkpoints") / f"tokens-{mark}"
+            tokens = _progress_tokens(folder)
+            models.append(Rebounded(f"{vsize}@{tokens:,}", str(folder), params[vsize], tokens,
+                                    extra=_heldout(table, vsize, folder.name)))
+        if cfg.size_volume:  # and the final model, the volume axis's last point
+            final = trains[vsize].file("model")
+            models.append(Rebounded(vsize, str(trains[vsize].path), params[vsize], _progress_tokens(final),
+                                    extra=_heldout(table, vsize, "model")))
     files = {"positive": str(world.file("sft_positive.jsonl")), "negative": str(world.file("sft_negative.jsonl")),
              "prompts": str(world.file("eval_prompts.jsonl")),
              "heldout": (str(world.file("heldout_neutral.jsonl")), str(world.file("heldout_mixture.jsonl")))}
