@@ -21,11 +21,11 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from elasticity.config import InputPath, load_config
-from elasticity.errors import UserError
+from elasticity.config import InputPath
 from elasticity.experiments import rebound, resistance
 from elasticity.experiments.pretrain import Config as PretrainConfig
 from elasticity.experiments.pretrain import pretrain_model, report_stage
+from elasticity.experiments.world_inputs import preset_config, rebound_files, resistance_files
 from elasticity.runs import Run, run_stage
 from elasticity.theory.command import Config as TheoryConfig
 from elasticity.theory.command import compute as theory_stage
@@ -74,32 +74,15 @@ def _pretrain_section(report: Run) -> list[str]:
     ]
 
 
-def _preset(cls, preset: str, key: str, paths: dict):
-    if not Path(preset).is_file():
-        raise UserError(f"{key} not found: {preset} (run the demo from the repository root, or set --{key})")
-    return load_config(cls, preset, paths)
-
-
 def rebound_config(preset: str, world: Run, model: Run):
     """The rebound preset with the world's files and the pre-trained model filled in."""
-    return _preset(rebound.Config, preset, "rebound_preset", {
-        "model": str(model.path),
-        "positive": str(world.file("sft_positive.jsonl")),
-        "negative": str(world.file("sft_negative.jsonl")),
-        "prompts": str(world.file("eval_prompts.jsonl")),
-        "heldout": (str(world.file("heldout_neutral.jsonl")), str(world.file("heldout_mixture.jsonl"))),
-        "scorer.world": str(world.path),
-    })
+    return preset_config(rebound.Config, preset, "rebound_preset", {"model": str(model.path), **rebound_files(world)})
 
 
 def resistance_config(preset: str, world: Run, model: Run):
     """The resistance preset: align on the world's positive reviews, answer its evaluation openings."""
-    return _preset(resistance.Config, preset, "resistance_preset", {
-        "model": str(model.path),
-        "alignment": str(world.file("sft_positive.jsonl")),
-        "prompts": str(world.file("eval_prompts.jsonl")),
-        "scorer.world": str(world.path),
-    })
+    return preset_config(resistance.Config, preset, "resistance_preset",
+                         {"model": str(model.path), **resistance_files(world)})
 
 
 def demo_stage(cfg: Config, runs_root: Path) -> Run:

@@ -55,6 +55,10 @@ class ModelEntry:
     def parse(cls, text: str) -> "ModelEntry":
         return cls(model=text)
 
+    def parameter_count(self, trust_remote_code: bool = False) -> float:
+        """Its parameter count: the given one, else counted from its config where it is on this machine, else 0."""
+        return self.parameters or parameter_count(self.model, trust_remote_code) or 0.0
+
 
 @dataclass(frozen=True)
 class Suite:
@@ -251,8 +255,8 @@ def suite_stage(cfg: Suite, runs_root: Path) -> Run:
         results[entry.model] = getattr(module, f"{cfg.experiment}_stage")(config, runs_root)
     scaling = None
     if cfg.experiment == "rebound" and len(models) > 1:
-        scaling = scaling_report_stage([Rebounded(e.label or e.model, e.model, e.parameters or parameter_count(
-            e.model, cfg.trust_remote_code) or 0.0, e.tokens, results[e.model]) for e in models], runs_root)
+        scaling = scaling_report_stage([Rebounded(e.label or e.model, e.model, e.parameter_count(cfg.trust_remote_code),
+                                                  e.tokens, results[e.model]) for e in models], runs_root)
 
     def work(run: Run) -> dict:
         identities = [model_identity(e.model) for e in models]

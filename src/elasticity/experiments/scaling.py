@@ -17,18 +17,18 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from elasticity.config import InputPath, load_config
+from elasticity.config import InputPath
 from elasticity.errors import UserError
 from elasticity.experiments import rebound, resistance
 from elasticity.experiments.presets import ModelEntry, scaling_report_stage
 from elasticity.experiments.pretrain import Config as PretrainConfig
 from elasticity.experiments.pretrain import check as check_pretrain
 from elasticity.experiments.pretrain import pretrain_model, report_stage
-from elasticity.experiments.skeleton import say
+from elasticity.experiments.skeleton import command, say
+from elasticity.experiments.world_inputs import preset_config, rebound_files, resistance_files
 from elasticity.models.hf import parameter_count
 from elasticity.report.scaling import Rebounded
 from elasticity.runs import Run
@@ -105,8 +105,9 @@ def world_models(cfg: Config, runs_root: Path) -> tuple[list[Rebounded], dict]:
         params[size] = parameter_count(str(final))
         if cfg.size_volume:  # the size axis at a checkpoint: every size pre-trained on that many tokens
             folder = train.file("checkpoints") / f"tokens-{cfg.size_volume}"
-            models.append(Rebounded(f"{size}@{_progress_tokens(folder):,}", str(folder), params[size],
-                                    _progress_tokens(folder), extra=_heldout(table, size, folder.name)))
+            tokens = _progress_tokens(folder)
+            models.append(Rebounded(f"{size}@{tokens:,}", str(folder), params[size], tokens,
+                                    extra=_heldout(table, size, folder.name)))
         else:
             models.append(Rebounded(size, str(train.path), params[size], _progress_tokens(final),
                                     extra=_heldout(table, size, "model")))
@@ -122,32 +123,24 @@ def world_models(cfg: Config, runs_root: Path) -> tuple[list[Rebounded], dict]:
             final = trains[vsize].file("model")
             models.append(Rebounded(vsize, str(trains[vsize].path), params[vsize], _progress_tokens(final),
                                     extra=_heldout(table, vsize, "model")))
-    files = {"positive": str(world.file("sft_positive.jsonl")), "negative": str(world.file("sft_negative.jsonl")),
-             "prompts": str(world.file("eval_prompts.jsonl")),
-             "heldout": (str(world.file("heldout_neutral.jsonl")), str(world.file("heldout_mixture.jsonl")))}
-    return models, {"files": files, "world": str(world.path), "pretrain": report}
+    return models, {"world": world, "pretrain": report}
 
 
 def resistance_config(cfg: Config, model: str, world: dict | None) -> resistance.Config:
     """The resistance every model gets (with `resistance`): the preset; on the world, with the world's files (the
     positive reviews to align on, the evaluation openings, the oracle)."""
-    if not Path(cfg.resistance_preset).is_file():
-        raise UserError(f"resistance_preset not found: {cfg.resistance_preset} (run from the repository root, or "
-                        "set --resistance_preset)")
-    values = {"model": model}
-    if world:
-        values |= {"alignment": world["files"]["positive"], "prompts": world["files"]["prompts"],
-                   "scorer.world": world["world"]}
-    return load_config(resistance.Config, cfg.resistance_preset, values)
+    files = resistance_files(world["world"]) if world else {}
+    return preset_config(resistance.Config, cfg.resistance_preset, "resistance_preset", {"model": model, **files})
 
 
 def rebound_config(cfg: Config, model: str, world: dict | None) -> rebound.Config:
     """The rebound every model gets: this config's rebound fields, the world's files where not given."""
     values = {**_rebound_fields(cfg), "model": model}
     if world:
-        values.update({k: v for k, v in world["files"].items() if not values[k]})
+        files = rebound_files(world["world"])
+        values.update({k: v for k, v in files.items() if "." not in k and not values[k]})
         if cfg.scorer.name == "oracle" and not cfg.scorer.world:
-            values["scorer"] = dataclasses.replace(cfg.scorer, world=world["world"])
+            values["scorer"] = dataclasses.replace(cfg.scorer, world=files["scorer.world"])
     return rebound.Config(**values)
 
 
@@ -155,8 +148,8 @@ def scaling_stage(cfg: Config, runs_root: Path) -> Run:
     """Every model's rebound (cached), then the scaling report."""
     check(cfg)
     if cfg.models:
-        models = [Rebounded(e.label or e.model, e.model, e.parameters or parameter_count(e.model, cfg.trust_remote_code)
-                            or 0.0, e.tokens) for e in cfg.models]
+        models = [Rebounded(e.label or e.model, e.model, e.parameter_count(cfg.trust_remote_code), e.tokens)
+                  for e in cfg.models]
         world = None
     else:
         models, world = world_models(cfg, runs_root)
@@ -175,8 +168,4 @@ def scaling_stage(cfg: Config, runs_root: Path) -> Run:
     return scaling_report_stage(done, runs_root, {"pretrain": world["pretrain"]} if world else None)
 
 
-def run(cfg: Config, runs_root: Path) -> None:
-    result = scaling_stage(cfg, runs_root)
-    for line in result.lines("summary.txt"):
-        print(line, file=sys.stderr)
-    print(result.path)
+run = command(scaling_stage)

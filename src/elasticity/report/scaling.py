@@ -39,7 +39,12 @@ HEADLINE = (
     ("resistance", "resistance", "difference", None), ("resistance", "resistance", "excess_difference", None),
     ("resistance", "resistance", "kl_left_difference", None),
 )
-FIGURE_METRICS = HEADLINE[:5] + HEADLINE[5:6] + HEADLINE[8:9] + HEADLINE[10:11]
+FIGURE_METRICS = (  # the eight panels of metrics_<axis>.png
+    ("shape", "score", "initial_slope", None), ("shape", "score", "late_slope", None),
+    ("shape", "score", "slope_ratio", None), ("revert", "score", "samples_to_revert", "base"),
+    ("revert", "score", "mean_excess", "base"), ("shape", "log_odds", "initial_slope", None),
+    ("shape", "kl_response", "initial_slope", None), ("revert", "kl_response", "kl_min", None),
+)
 UNIT = {"size": "parameters", "volume": "pre-training tokens"}
 
 
