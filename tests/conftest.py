@@ -48,6 +48,28 @@ def tiny_assets(tmp_path_factory) -> dict[str, Path]:
     }
 
 
+@pytest.fixture(scope="session")
+def scaling_tiny(tmp_path_factory) -> tuple[Path, Path]:
+    """(runs directory, scaling run) of configs/scaling-tiny.yaml through the CLI (about 35 s), shared by the
+    scaling and the rates tests; tests that add runs use their own runs directory or only add stages."""
+    import contextlib
+    import io
+
+    import torch
+
+    from elasticity.cli import main
+
+    runs, out, before = tmp_path_factory.mktemp("scaling-tiny"), io.StringIO(), torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with contextlib.redirect_stdout(out):
+            assert main(["scaling", "--runs-dir", str(runs), "--config",
+                         str(Path(__file__).resolve().parents[1] / "configs" / "scaling-tiny.yaml")]) == 0
+    finally:
+        torch.set_num_threads(before)
+    return runs, Path(out.getvalue().strip().splitlines()[-1])
+
+
 GOLDEN = Path(__file__).parent / "golden"
 
 

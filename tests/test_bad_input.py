@@ -206,6 +206,17 @@ CASES = {
                                 "must be a non-negative number"),
     "no SFT records": (lambda f: ["world", "--runs-dir", "runs", "--sizes.sft_positive", "0"],
                        "sizes.sft_positive must be >= 1"),
+    # rates
+    "rates of a folder that is no rebound": (lambda f: ["rates", "--runs-dir", "runs", "--rebound", str(f["root"])],
+                                             "is not a finished rebound run directory"),
+    "rates unknown normaliser": (lambda f: ["rates", "--runs-dir", "runs", "--rebound", "r", "--normaliser", "kl"],
+                                 "normaliser must be one of entropy, base, reference"),
+    "rates span 0": (lambda f: ["rates", "--runs-dir", "runs", "--rebound", "r", "--span", "0"],
+                     "span must be >= 1"),
+    "rates labels for other rebounds": (lambda f: ["rates", "--runs-dir", "runs", "--rebound", "a", "b", "--labels",
+                                                   "x"], "labels: 1 values for 2 rebounds"),
+    "rates reference without a rate": (lambda f: ["rates", "--runs-dir", "runs", "--rebound", "r", "--normaliser",
+                                                  "reference", "--reference", "positive"], "is not SET=BITS"),
     # compress
     "compress batch 0": (lambda f: ["compress", "--runs-dir", "runs", "--model", str(f["model"]), "--data",
                                     str(f["text"]), "--batch_size", "0"], "batch_size must be at least 1"),

@@ -64,11 +64,10 @@ def test_a_metric_level_is_the_base_in_score_space_and_the_threshold_in_kl():
 
 
 @pytest.mark.slow
-def test_scaling_tiny_runs_end_to_end_and_is_cached(tmp_path, capsys):
+def test_scaling_tiny_runs_end_to_end_and_is_cached(scaling_tiny, capsys):
     """configs/scaling-tiny.yaml through the CLI: two sizes and a checkpoint, one rebound each, then trends that
     equal the slopes of the per-model metrics; a second call reuses every stage."""
-    assert main(["scaling", "--runs-dir", str(tmp_path), *TINY]) == 0
-    out = Path(capsys.readouterr().out.strip().splitlines()[-1])
+    tmp_path, out = scaling_tiny
     assert out.name.startswith("scaling-")
     models = list(csv.DictReader(open(out / "models.csv")))
     assert [m["label"] for m in models] == ["0.1m", "0.2m", "0.2m@12,288"]

@@ -32,6 +32,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
                    "forward vs inverse alignment between SFT slices (Table 1), with controls and intervals"),
     "scaling": ("elasticity.experiments.scaling",
                 "elasticity against model size and pre-training volume: one rebound per base model"),
+    "rates": ("elasticity.experiments.rates",
+              "theory meets experiment: normalised rates through rebound, the theorem's ratio against k, Hooke"),
     "demo": ("elasticity.demo", "the main job on the embedded world: every experiment, one report"),
     "run": ("elasticity.experiments.presets", "run a preset (configs/paper/): an experiment from raw data, per model"),
     "plan": ("elasticity.experiments.plan", "what a preset would run, read and cost, without downloading anything"),

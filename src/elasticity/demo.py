@@ -5,10 +5,11 @@ Steps, each a cached stage (a second `make demo` reuses them all):
 2. score the model on held-out text of every component beside the true entropy rates, and sample reviews
    from held-out openings (oracle-scored positive rate and sentiment consistency);
 3. the theorem checked numerically (`elasticity theory`);
-4. rebound: align on Q1 positive reviews, fine-tune on Q2 negative ones, measure the fall;
+4. rebound: align on Q1 positive reviews, fine-tune on Q2 negative ones, measure the fall; and its compression
+   rates against the theorem (`elasticity rates`: the ratio of the rates' derivatives against k, Hooke's form);
 5. resistance: slices of one positive-review SFT, fine-tuned on each other's answers, forward vs inverse.
 The report directory (`runs/demo-<hash>/`) holds `summary.md`, `summary.json` and copies of every table and
-figure (resistance's under `resistance/`), so it can be read, shared or archived on its own. Its path is
+figure (resistance's under `resistance/`, the rates' under `rates/`), so it can be read, shared or archived on its own. Its path is
 printed last.
 """
 
@@ -25,6 +26,8 @@ from elasticity.config import InputPath
 from elasticity.experiments import rebound, resistance
 from elasticity.experiments.pretrain import Config as PretrainConfig
 from elasticity.experiments.pretrain import pretrain_model, report_stage
+from elasticity.experiments.rates import Config as RatesConfig
+from elasticity.experiments.rates import rates_stage
 from elasticity.experiments.world_inputs import preset_config, rebound_files, resistance_files
 from elasticity.runs import Run, run_stage
 from elasticity.theory.command import Config as TheoryConfig
@@ -97,6 +100,8 @@ def demo_stage(cfg: Config, runs_root: Path) -> Run:
     if cfg.rebound:
         _say("3/5 rebound")
         sections["rebound"] = rebound.rebound_stage(rebound_config(cfg.rebound_preset, world, model), runs_root)
+        sections["rates"] = rates_stage(RatesConfig(rebound=(str(sections["rebound"].path),),
+                                                    labels=(cfg.pretrain.sizes[0],)), runs_root)
     if cfg.resistance:
         _say("4/5 resistance")
         sections["resistance"] = resistance.resistance_stage(
@@ -109,6 +114,14 @@ def demo_stage(cfg: Config, runs_root: Path) -> Run:
             lines += ["## Rebound", "", *reb.lines("summary.txt"), ""]
             _copy(reb.path, run.path, sorted(p.name for p in reb.path.glob("*") if p.suffix in
                                              (".png", ".csv", ".md", ".json") and p.name != "meta.json"))
+        if "rates" in sections:
+            rates = sections["rates"]
+            lines += ["## Theory meets experiment: the theorem's k", "", *rates.lines("summary.txt"), "",
+                      rates.file("table.md").read_text()]
+            (run.path / "rates").mkdir(exist_ok=True)
+            _copy(rates.path, run.path / "rates", sorted(
+                p.name for p in rates.path.glob("*") if p.suffix in (".png", ".csv", ".md", ".json")
+                and p.name != "meta.json"))
         if "resistance" in sections:
             res = sections["resistance"]
             lines += ["## Resistance: forward vs inverse alignment", "", *res.lines("summary.txt"), "",

@@ -32,6 +32,8 @@ from elasticity.data.prepare import POOLS, DataConfig, check_data, defaults, pre
 from elasticity.data.records import Fields
 from elasticity.errors import UserError
 from elasticity.experiments import rebound, resistance
+from elasticity.experiments.rates import Config as RatesConfig
+from elasticity.experiments.rates import rates_stage
 from elasticity.experiments.skeleton import say, stage
 from elasticity.files import csv_text, write_jsonl
 from elasticity.hub import model_identity
@@ -231,15 +233,32 @@ def duplicates(identities: list[dict]) -> dict[str, str]:
     return out
 
 
+def rates_report(rebounded: list[Rebounded], runs_root: Path) -> Run | str:
+    """The theorem's ratio against k over every model's rebound (`elasticity rates`), or why it cannot be
+    measured (a model's pre-training tokens unknown, no held-out pre-training text): the report says so."""
+    if any(not r.tokens for r in rebounded):
+        return "a model's pre-training tokens are unknown, so k is"
+    try:
+        return rates_stage(RatesConfig(rebound=tuple(str(r.rebound.path) for r in rebounded),
+                                       labels=tuple(r.label for r in rebounded),
+                                       pretrain_tokens=tuple(int(r.tokens) for r in rebounded),
+                                       parameters=tuple(int(r.parameters) for r in rebounded)), runs_root)
+    except UserError as e:  # the rebounds stand without it
+        return str(e)
+
+
 def scaling_report_stage(rebounded: list[Rebounded], runs_root: Path, inputs: dict | None = None) -> Run:
     """The scaling report of finished rebounds, one per base model: every metric's trend against log parameters
-    and log pre-training tokens (`analysis.scaling`, `report.scaling`)."""
+    and log pre-training tokens (`analysis.scaling`, `report.scaling`), with the theorem's ratio against k."""
+    rates = rates_report(rebounded, runs_root)
+
     def work(run: Run) -> None:
-        write_from_runs(run, rebounded)
+        write_from_runs(run, rebounded, rates)
 
     key = [(r.label, r.parameters, r.tokens) for r in rebounded]
     inputs = {**{f"rebound:{r.label}": r.rebound for r in rebounded},
-              **{f"resistance:{r.label}": r.resistance for r in rebounded if r.resistance}, **(inputs or {})}
+              **{f"resistance:{r.label}": r.resistance for r in rebounded if r.resistance}, **(inputs or {}),
+              **({"rates": rates} if isinstance(rates, Run) else {})}
     return stage(runs_root, "scaling", key, inputs, work, reports=True)
 
 

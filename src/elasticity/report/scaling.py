@@ -217,15 +217,17 @@ def read_rebound(r: Rebounded) -> tuple[ModelResult, list[dict], dict]:
     return ModelResult(r.label, r.parameters, r.tokens, metrics["metrics"]), curves, row
 
 
-def write_from_runs(run: Run, rebounded: list[Rebounded]) -> None:
-    """The whole scaling report from finished rebounds, one per base model."""
+def write_from_runs(run: Run, rebounded: list[Rebounded], rates: Run | str = "") -> None:
+    """The whole scaling report from finished rebounds, one per base model, and their rates report (or why there
+    is none)."""
     read = [read_rebound(r) for r in rebounded]
     models = [m for m, _, _ in read]
-    write_scaling(run, models, axis_trends(models), {m.label: c for m, c, _ in read}, [row for _, _, row in read])
+    write_scaling(run, models, axis_trends(models), {m.label: c for m, c, _ in read}, [row for _, _, row in read],
+                  rates)
 
 
 def write_scaling(run: Run, models: list[ModelResult], trends: list[AxisTrend], curves: dict[str, list[dict]],
-                  model_table: list[dict]) -> None:
+                  model_table: list[dict], rates: Run | str = "") -> None:
     """Every file of the scaling report (see the module doc). `model_table`: one row per model (models.csv;
     its score / log_odds / kl_response are the base model's level, dashed in the figures)."""
     run.write_text("models.csv", csv_text(model_table))
@@ -254,4 +256,8 @@ def write_scaling(run: Run, models: list[ModelResult], trends: list[AxisTrend], 
         lines.append("  no axis has two models on it (give models with parameters or tokens that differ)")
     lines += ["The paper: with size and with pre-training volume the initial fall gets faster, the later fall "
               "slower. Per decade:", *paper_claim(trends), f"Every trend: {run.file('trends.md')}"]
+    if isinstance(rates, Run):
+        lines += [*rates.lines("summary.txt"), f"Rates, ratio and Hooke tables: {rates.path}"]
+    elif rates:
+        lines.append(f"theorem 4.2: not measured ({rates})")
     run.write_text("summary.txt", "\n".join(lines) + "\n")
