@@ -184,3 +184,30 @@ def test_rates_on_a_tiny_scaling_run_equal_their_hand_reading_for_every_normalis
         base = next(r for r in csv.DictReader(open(other / "rates.csv")) if r["q1"] == "0")
         if extra[1] == "base":
             assert float(base["gamma_positive"]) == 0.0
+
+
+@pytest.mark.slow
+def test_a_rebound_moved_without_its_runs_is_one_line(scaling_tiny, tmp_path, capsys):
+    """A rebound directory copied away from its positive runs, then with them but its data gone: one line, exit
+    2, and no run directory written."""
+    import shutil
+
+    runs, out = scaling_tiny
+    rebound = Path(next(csv.DictReader(open(out / "models.csv")))["result"])
+    alone = tmp_path / "moved" / rebound.name
+    shutil.copytree(rebound, alone)
+    config = alone / "config.yaml"
+    config.write_text(config.read_text().replace(str(next(runs.glob("world-*")) / "sft_positive.jsonl"), "gone.jsonl"))
+
+    def fails(message: str) -> None:
+        capsys.readouterr()
+        assert main(["rates", "--runs-dir", str(tmp_path / "r"), "--rebound", str(alone)]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and message in err[0], err
+        assert not (tmp_path / "r").exists()
+
+    fails("has no rebound-positive-")
+    for name in json.loads((rebound / "meta.json").read_text())["inputs"].values():
+        if "positive" in name:
+            shutil.copytree(runs / Path(name).name, alone.parent / Path(name).name)
+    fails("its held-out data cannot be read")

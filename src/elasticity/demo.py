@@ -9,8 +9,8 @@ Steps, each a cached stage (a second `make demo` reuses them all):
    rates against the theorem (`elasticity rates`: the ratio of the rates' derivatives against k, Hooke's form);
 5. resistance: slices of one positive-review SFT, fine-tuned on each other's answers, forward vs inverse.
 The report directory (`runs/demo-<hash>/`) holds `summary.md`, `summary.json` and copies of every table and
-figure (resistance's under `resistance/`, the rates' under `rates/`), so it can be read, shared or archived on its own. Its path is
-printed last.
+figure (resistance's under `resistance/`, the rates' under `rates/`), so it can be read, shared or archived on
+its own. Its path is printed last.
 """
 
 from __future__ import annotations

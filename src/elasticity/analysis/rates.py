@@ -76,7 +76,8 @@ def derivative(l: Sequence[float], gamma: Sequence[float], span: int = 1) -> flo
 
     With span 1 it is the forward difference: l = (0, 0.5), gamma = (0.10, 0.13) give 0.03 / 0.5 = 0.06.
 
-    >>> round(derivative([0.0, 0.5, 1.0], [0.10, 0.13, 0.20]), 6), round(derivative([0.0, 0.5, 1.0], [0.10, 0.13, 0.20], 2), 6)
+    >>> l, gamma = [0.0, 0.5, 1.0], [0.10, 0.13, 0.20]
+    >>> round(derivative(l, gamma), 6), round(derivative(l, gamma, span=2), 6)
     (0.06, 0.1)
     """
     if span < 1 or len(l) < span + 1:

@@ -94,7 +94,11 @@ def _align_tokens(run: Run) -> dict[tuple[int, int], int]:
     out = {}
     for key, name in read_json(run.file("meta.json"))["inputs"].items():
         if key.startswith("positive:"):
-            marks = read_json(_sibling(run, name).file("marks.json"))
+            positive = _sibling(run, name)
+            if not positive.file("marks.json").is_file():
+                raise UserError(f"rebound: {run.path} has no {positive.name} beside it (its aligned models' token "
+                                "counts): keep a rebound in the runs directory it ran in")
+            marks = read_json(positive.file("marks.json"))
             out |= {(int(key.split(":")[1]), int(q1)): m["tokens"] for q1, m in marks.items()}
     return out
 
@@ -175,6 +179,7 @@ def check(cfg: Config) -> list[Source]:
     sources = []
     for path, label, tok_count, param in zip(cfg.rebound, labels, tokens, params):
         run, rcfg, points = _rebound_run(path)
+        align = _align_tokens(run)
         q2s = sorted({p["q2"] for p in points if p["q1"]})
         if len(q2s) < cfg.span + 1:
             raise UserError(f"span {cfg.span} needs {cfg.span + 1} Q2 points (0 included); {path} has {q2s}")
@@ -192,7 +197,11 @@ def check(cfg: Config) -> list[Source]:
             if not (cfg.world or oracle_world):
                 raise UserError("normaliser entropy needs the world (--world runs/world-<h>), or an oracle-scored "
                                 "rebound")
-            normaliser, share = _entropy(cfg.world or oracle_world, rcfg, sets, pretraining)
+            try:
+                normaliser, share = _entropy(cfg.world or oracle_world, rcfg, sets, pretraining)
+            except UserError as e:  # the rebound's files are named as it was run (relative to its directory)
+                raise UserError(f"{run.name}: its held-out data cannot be read ({e}); run from where the rebound "
+                                "ran, or normalise by the base model (--normaliser base)") from None
         elif kind == "base":
             base = next(p for p in points if p["q1"] == 0)
             normaliser = {s: base[f"bpt_{s}"] for s in sets}
@@ -205,7 +214,7 @@ def check(cfg: Config) -> list[Source]:
             param = parameter_count(rcfg.model, rcfg.trust_remote_code) or 0
         sources.append(Source(run, rcfg, label or run.name, float(param),
                               float(tok_count if tok_count is not None else _pretrain_tokens(rcfg.model)), points,
-                              _align_tokens(run), sets, pretraining, kind, normaliser, share))
+                              align, sets, pretraining, kind, normaliser, share))
     return sources
 
 

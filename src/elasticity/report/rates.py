@@ -52,9 +52,9 @@ def _verdict(fit: Fit) -> str:
 
 
 def fit_line(fit: Fit) -> str:
+    out = f"{fit.left_out} seed value{'' if fit.left_out == 1 else 's'} left out: ratio not positive"
     return (f"{fit.group}, {ALONG_WORDS[fit.along]}: log-log slope of the ratio against k {_iv(fit.slope)} over "
-            f"{fit.cells} cells, k {fit.k_min:.3g} to {fit.k_max:.3g} ({fit.left_out} seed values left out: ratio not "
-            f"positive) -> {_verdict(fit)}")
+            f"{fit.cells} cells, k {fit.k_min:.3g} to {fit.k_max:.3g} ({out}) -> {_verdict(fit)}")
 
 
 def hooke_line(h: HookeSummary) -> str:
@@ -77,7 +77,8 @@ def table_markdown(ratios: list[RatioRow], fits: list[Fit], hooke: list[HookeSum
         lines.append(f"| {r.model} | {r.q1} | {r.k:.3g} | {r.l:.3g} | {_iv(r.d_align)} | {_iv(r.d_pretrain)} | "
                      f"{_iv(r.ratio)} | {', '.join(_g(v) for v in r.per_seed.values())} | "
                      f"{r.pretrain_fell}/{len(r.per_seed)} | {r.k:.3g} | {_g(r.ideal)} | {_g(r.ratio.mean / r.k)} |")
-    lines += ["", "Log-log slope of the ratio against k (per seed over the cells where the ratio is positive; theory: 1):", ""]
+    lines += ["", "Log-log slope of the ratio against k (per seed over the cells where the ratio is positive; "
+              "theory: 1):", ""]
     lines += [f"- {fit_line(f)}" for f in fits] or ["- no group has two values of k"]
     lines += ["", "Hooke's form (F_i = |D_i| x Delta gamma_i, bits; equal forces give F_a / (-F_p) = 1):", ""]
     lines += [f"- {hooke_line(h)}" for h in hooke]
@@ -170,8 +171,8 @@ def summary_lines(ratios: list[RatioRow], fits: list[Fit], hooke: list[HookeSumm
     fell = sum(r.pretrain_fell for r in ratios), sum(len(r.per_seed) for r in ratios)
     rose = sum(r.align_rose for r in ratios)
     lines = [f"theorem 4.2 measured: -(d gamma_a/dl)/(d gamma_p/dl) = {cells} (theory: k)",
-             f"  the theorem: gamma_p falls and gamma_a rises; measured: gamma_p fell in {fell[0]}/{fell[1]} (cell, seed), "
-             f"gamma_a rose in {rose}/{fell[1]}"]
+             f"  the theorem: gamma_p falls and gamma_a rises; measured: gamma_p fell in {fell[0]}/{fell[1]} "
+             f"(cell, seed), gamma_a rose in {rose}/{fell[1]}"]
     lines += [f"  {fit_line(f)}" for f in fits]
     lines += [f"  {hooke_line(h)}" for h in hooke]
     return lines
