@@ -157,6 +157,14 @@ def test_pythia_suite_crosses_sizes_and_revisions_and_flags_duplicates(paper_ass
     trends = [json.loads(line) for line in (scaling / "trends.jsonl").read_text().splitlines()]
     assert {t["axis"] for t in trends} == {"volume"}  # both tiny "sizes" have the same parameter count
     assert {t["parameters"] > 0 and t["per"] == "decade of tokens" for t in trends} == {True}
+    # and the theorem's ratio against k on real models: normalised by each base model, |D_p| from the revisions
+    rates = Path((scaling / "summary.txt").read_text().split("Rates, ratio and Hooke tables: ")[1].split()[0])
+    sizes = {m["model"]: m for m in csv.DictReader(open(rates / "models.csv"))}
+    assert {m["pretrain_tokens"] for m in sizes.values()} == {"1000.0", "2000.0"}
+    base = [r for r in csv.DictReader(open(rates / "rates.csv")) if r["q1"] == "0"]
+    assert base and all(float(r["gamma_positive"]) == 0.0 for r in base)  # the base normaliser: 0 at the base
+    assert (rates / "ratio.csv").read_text().count("\n") == 1 + 4 * len({r["q1"] for r in csv.DictReader(
+        open(rates / "rates.csv")) if r["q1"] != "0"})
     base_meta = json.loads((next(runs.glob("rebound-base-*/meta.json"))).read_text())
     assert "models" in base_meta
     metas = [json.loads(p.read_text()) for p in runs.glob("rebound-base-*/meta.json")]
