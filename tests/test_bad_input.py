@@ -215,6 +215,8 @@ CASES = {
                      "span must be >= 1"),
     "rates labels for other rebounds": (lambda f: ["rates", "--runs-dir", "runs", "--rebound", "a", "b", "--labels",
                                                    "x"], "labels: 1 values for 2 rebounds"),
+    "rates one label twice": (lambda f: ["rates", "--runs-dir", "runs", "--rebound", "a", "b", "--labels", "x", "x"],
+                              "'x' is given twice"),
     "rates reference without a rate": (lambda f: ["rates", "--runs-dir", "runs", "--rebound", "r", "--normaliser",
                                                   "reference", "--reference", "positive"], "is not SET=BITS"),
     # compress

@@ -175,6 +175,10 @@ def check(cfg: Config) -> list[Source]:
     labels = _per_rebound(cfg.labels, n, "labels")
     tokens = _per_rebound(cfg.pretrain_tokens, n, "pretrain_tokens")
     params = _per_rebound(cfg.parameters, n, "parameters")
+    named = [label or Path(path).name for path, label in zip(cfg.rebound, labels)]
+    twice = next((x for x in named if named.count(x) > 1), None)
+    if twice:
+        raise UserError(f"rebound: '{twice}' is given twice (a rebound or a label): each model's cells must be its own")
     reference = _reference(cfg)
     sources = []
     for path, label, tok_count, param in zip(cfg.rebound, labels, tokens, params):
