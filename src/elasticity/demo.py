@@ -59,6 +59,12 @@ def _copy(src: Path, dest: Path, names: list[str]) -> list[str]:
     return copied
 
 
+def _results(stage: Run) -> list[str]:
+    """A stage's tables and figures (not its config and provenance)."""
+    return sorted(p.name for p in stage.path.glob("*") if p.suffix in (".png", ".csv", ".md", ".json")
+                  and p.name != "meta.json")
+
+
 def _pretrain_section(report: Run) -> list[str]:
     s = json.loads(report.file("samples_report.json").read_text())
     c = s["consistency"]
@@ -112,16 +118,13 @@ def demo_stage(cfg: Config, runs_root: Path) -> Run:
         if "rebound" in sections:
             reb = sections["rebound"]
             lines += ["## Rebound", "", *reb.lines("summary.txt"), ""]
-            _copy(reb.path, run.path, sorted(p.name for p in reb.path.glob("*") if p.suffix in
-                                             (".png", ".csv", ".md", ".json") and p.name != "meta.json"))
+            _copy(reb.path, run.path, _results(reb))
         if "rates" in sections:
             rates = sections["rates"]
             lines += ["## Theory meets experiment: the theorem's k", "", *rates.lines("summary.txt"), "",
                       rates.file("table.md").read_text()]
             (run.path / "rates").mkdir(exist_ok=True)
-            _copy(rates.path, run.path / "rates", sorted(
-                p.name for p in rates.path.glob("*") if p.suffix in (".png", ".csv", ".md", ".json")
-                and p.name != "meta.json"))
+            _copy(rates.path, run.path / "rates", _results(rates))
         if "resistance" in sections:
             res = sections["resistance"]
             lines += ["## Resistance: forward vs inverse alignment", "", *res.lines("summary.txt"), "",

@@ -145,11 +145,17 @@ class RatioRow:
                       "seed_list": list(self.per_seed), "per_seed": list(self.per_seed.values())}
 
 
-def ratio_rows(series: list[Series], span: int = 1, share: float | None = None) -> list[RatioRow]:
-    """One RatioRow per (model, Q1), in the order first seen."""
+def _by_cell(series: list[Series]) -> dict[tuple[str, int], list[Series]]:
+    """(model, Q1) -> its negative runs, one per seed, in the order first seen."""
     cells: dict[tuple[str, int], list[Series]] = {}
     for s in series:
         cells.setdefault((s.model, s.q1), []).append(s)
+    return cells
+
+
+def ratio_rows(series: list[Series], span: int = 1, share: float | None = None) -> list[RatioRow]:
+    """One RatioRow per (model, Q1), in the order first seen."""
+    cells = _by_cell(series)
     rows = []
     for (model, q1), runs in cells.items():
         d = {role: [derivative(s.l_values, s.gamma[role], span) for s in runs] for role in ROLES}
@@ -216,14 +222,14 @@ def fits(rows: list[RatioRow]) -> list[Fit]:
         seeds = sorted({s for r in group for s in r.per_seed})
         models = tuple(dict.fromkeys(r.model for r in group))
         for along in ALONG if len(models) > 1 else ("all",):  # one model: within it is every cell
+            key = {"all": lambda r: 0, "q1": lambda r: r.model, "volume": lambda r: r.q1}[along]
             per_seed, left_out = {}, 0
             for seed in seeds:
                 pts = [(r, r.per_seed[seed]) for r in group if seed in r.per_seed]
                 left_out += sum(not (v > 0) for _, v in pts)
                 pts = [(r, v) for r, v in pts if v > 0]
-                keys = {"all": lambda r: 0, "q1": lambda r: r.model, "volume": lambda r: r.q1}[along]
                 slope = within_slope([math.log10(r.per_seed_k[seed]) for r, _ in pts], [math.log10(v) for _, v in pts],
-                                     [keys(r) for r, _ in pts]) if len(pts) > 1 else math.nan
+                                     [key(r) for r, _ in pts]) if len(pts) > 1 else math.nan
                 if math.isfinite(slope):
                     per_seed[seed] = slope
             if per_seed:
@@ -256,9 +262,7 @@ class HookeRow:
 
 def hooke_rows(series: list[Series]) -> list[HookeRow]:
     """One HookeRow per (model, Q1, Q2 > 0)."""
-    cells: dict[tuple[str, int], list[Series]] = {}
-    for s in series:
-        cells.setdefault((s.model, s.q1), []).append(s)
+    cells = _by_cell(series)
     rows = []
     for (model, q1), runs in cells.items():
         for i, q2 in enumerate(runs[0].q2):
@@ -297,8 +301,8 @@ def hooke_summary(series: list[Series]) -> list[HookeSummary]:
         group = [s for s in series if s.parameters == params]
         per_seed, left_out = {}, 0
         for seed in sorted({s.seed for s in group}):
-            vals = [s.force("a", 1) / -s.force("p", 1) if s.force("p", 1) != 0 else math.nan
-                    for s in group if s.seed == seed and len(s.q2) > 1]
+            forces = [(s.force("a", 1), s.force("p", 1)) for s in group if s.seed == seed and len(s.q2) > 1]
+            vals = [a / -p if p != 0 else math.nan for a, p in forces]
             left_out += sum(not (v > 0) for v in vals)
             logs = [math.log10(v) for v in vals if v > 0]
             if logs:

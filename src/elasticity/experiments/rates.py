@@ -65,7 +65,6 @@ class Source:
     """One finished rebound and everything read about it."""
 
     run: Run
-    config: rebound.Config
     label: str
     parameters: float
     pretrain_tokens: float
@@ -128,7 +127,7 @@ def _reference(cfg: Config) -> dict[str, float]:
     return out
 
 
-def _entropy(world_dir: str, rcfg: rebound.Config, sets: tuple[str, ...], pretraining: str) -> tuple[dict, float]:
+def _entropy(world_dir: str, rcfg: rebound.Config, pretraining: str) -> tuple[dict, float | None]:
     """(set -> exact entropy in bits per predicted token, D_t's share of D_p) of a world rebound's held-out sets."""
     world, data = load_world(world_dir), rebound.check(rcfg)
     tok, max_length = load_tokenizer(rcfg.model, rcfg.trust_remote_code), rcfg.train.max_length
@@ -202,7 +201,7 @@ def check(cfg: Config) -> list[Source]:
                 raise UserError("normaliser entropy needs the world (--world runs/world-<h>), or an oracle-scored "
                                 "rebound")
             try:
-                normaliser, share = _entropy(cfg.world or oracle_world, rcfg, sets, pretraining)
+                normaliser, share = _entropy(cfg.world or oracle_world, rcfg, pretraining)
             except UserError as e:  # the rebound's files are named as it was run (relative to its directory)
                 raise UserError(f"{run.name}: its held-out data cannot be read ({e}); run from where the rebound "
                                 "ran, or normalise by the base model (--normaliser base)") from None
@@ -216,7 +215,7 @@ def check(cfg: Config) -> list[Source]:
             normaliser = {s: reference.get(s, math.nan) for s in sets}
         if param is None:
             param = parameter_count(rcfg.model, rcfg.trust_remote_code) or 0
-        sources.append(Source(run, rcfg, label or run.name, float(param),
+        sources.append(Source(run, label or run.name, float(param),
                               float(tok_count if tok_count is not None else _pretrain_tokens(rcfg.model)), points,
                               align, sets, pretraining, kind, normaliser, share))
     return sources
@@ -229,21 +228,25 @@ def series_of(src: Source) -> tuple[list[Series], list[dict]]:
         if p["q1"]:
             by.setdefault((p["q1"], p["seed"]), []).append(p)
     roles = {"p": src.pretraining, "a": "positive", "t": "negative"}
-    series, rows = [], []
+
+    def gamma(p: dict) -> dict[str, float]:  # every set's normalised rate at one point
+        return {name: p[f"bpt_{name}"] - src.normaliser[name] for name in src.sets}
+
     base = next(p for p in src.points if p["q1"] == 0)
-    rows.append({"model": src.label, "q1": 0, "seed": None, "q2": 0, "pretrain_tokens": src.pretrain_tokens,
-                 **{f"gamma_{s}": base[f"bpt_{s}"] - src.normaliser[s] for s in src.sets}})
+    series, rows = [], [{"model": src.label, "q1": 0, "seed": None, "q2": 0, "pretrain_tokens": src.pretrain_tokens,
+                         **{f"gamma_{name}": v for name, v in gamma(base).items()}}]
     for (q1, seed), pts in sorted(by.items()):
         pts.sort(key=lambda p: p["q2"])
-        gamma = {r: tuple(p[f"bpt_{name}"] - src.normaliser[name] for p in pts) for r, name in roles.items()}
+        rates = [gamma(p) for p in pts]
         s = Series(src.label, src.parameters, src.pretrain_tokens, q1, seed, src.align_tokens[(seed, q1)],
-                   tuple(p["q2"] for p in pts), tuple(p["tokens"] for p in pts), gamma)
+                   tuple(p["q2"] for p in pts), tuple(p["tokens"] for p in pts),
+                   {r: tuple(g[name] for g in rates) for r, name in roles.items()})
         series.append(s)
-        for i, p in enumerate(pts):
+        for i, (p, g) in enumerate(zip(pts, rates)):
             rows.append({"model": src.label, "q1": q1, "seed": seed, "q2": p["q2"],
                          "pretrain_tokens": src.pretrain_tokens, "align_tokens": s.align_tokens,
                          "perturb_tokens": s.perturb_tokens[i], "k": s.k, "l": s.l_values[i],
-                         **{f"gamma_{name}": p[f"bpt_{name}"] - src.normaliser[name] for name in src.sets},
+                         **{f"gamma_{name}": v for name, v in g.items()},
                          **{f"force_{r}": s.force(r, i) for r in roles}})
     return series, rows
 

@@ -24,22 +24,18 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from elasticity.analysis.rates import ROLE_NAMES, ROLES, Fit, HookeRow, HookeSummary, RatioRow  # noqa: E402
 from elasticity.files import csv_text, jsonl_text, save_png  # noqa: E402
-from elasticity.stats import Interval  # noqa: E402
+from elasticity.stats import Interval, format_interval  # noqa: E402
 
 ALONG_WORDS = {"all": "every cell", "q1": "within each model (k moved by Q1)",
                "volume": "within each Q1 (k moved by pre-training volume)"}
 
 
 def _g(v: float, spec: str = ".3g") -> str:
-    return "n/a" if v is None or not math.isfinite(v) else f"{v:{spec}}"
+    return format_interval(v, math.nan, math.nan, spec)
 
 
 def _iv(iv: Interval, spec: str = ".3g") -> str:
-    if not math.isfinite(iv.mean):
-        return "n/a"
-    if not math.isfinite(iv.lo):
-        return _g(iv.mean, spec)
-    return f"{iv.mean:{spec}} [{iv.lo:{spec}}, {iv.hi:{spec}}]"
+    return iv.text(spec)
 
 
 def _verdict(fit: Fit) -> str:
@@ -59,8 +55,7 @@ def fit_line(fit: Fit) -> str:
 
 def hooke_line(h: HookeSummary) -> str:
     iv = h.log10
-    ratio = _iv(Interval(10 ** iv.mean, 10 ** iv.lo, 10 ** iv.hi, iv.n, iv.n_total)) if math.isfinite(iv.lo) \
-        else _g(10 ** iv.mean)
+    ratio = format_interval(10 ** iv.mean, 10 ** iv.lo, 10 ** iv.hi, ".3g")
     equal = "equal forces" if math.isfinite(iv.lo) and iv.lo <= 0 <= iv.hi else "not equal"
     return (f"{h.group}: Hooke ratio F_a / (-F_p) at the first Q2 {ratio} (geometric mean over cells; theory 1) "
             f"-> {equal}")
