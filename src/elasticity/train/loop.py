@@ -6,6 +6,10 @@ Invariances it guarantees (and tests check):
 - The data order is a pure function of the seed, steps never cross a `boundaries` example count, and the
   schedule is constant or cosine over a known step count: training on the first q examples is a prefix
   of training on more (nested runs), and a resumed run replays exactly the steps it had left.
+
+The objective is next-token NLL (pre-training, SFT) unless the caller passes a preference objective
+(`train.preference`: DPO, IPO, SimPO, KTO over pairs); both are a sum of loss terms over a step divided by the
+step's term count, so every invariance above holds for both.
 """
 
 from __future__ import annotations
@@ -122,6 +126,22 @@ class Objective(torch.nn.Module):
         return token_scores(self.lm, input_ids, labels[:, 1:], attention_mask).nll
 
 
+class NextTokenLoss:
+    """Pre-training and SFT: a step's loss is its summed token NLL over its target tokens."""
+
+    def setup(self, lm, examples, steps, pad, device, run, batch_size: int, is_main: bool) -> None:
+        pass
+
+    def begin_step(self, lm, examples, step, index: int, pad: int, device, batch_size: int) -> None:
+        pass
+
+    def micro(self, model, examples: list[Example], idx: list[int], pad: int, device):
+        """(the sum of this micro-batch's token NLLs, the same detached in float64, input tokens)."""
+        batch = {k: v.to(device) for k, v in collate([examples[i] for i in idx], pad).items()}
+        nll = model(**batch)  # (B, T-1), 0 where there is no target
+        return nll.sum(), nll.detach().sum(dtype=torch.float64), int(batch["attention_mask"].sum())
+
+
 def _no_accelerator() -> bool:
     """True on a CPU-only machine: accelerate then needs cpu=True to set up multi-process (gloo) training."""
     current = getattr(getattr(torch, "accelerator", None), "current_accelerator", None)
@@ -218,18 +238,21 @@ def train(
     on_step: Callable[[Progress, object], None] | None = None,
     progress_bar: bool = True,
     save_final: bool = True,
+    objective=None,
 ) -> dict:
     """Train `model` in place on `examples`; write metrics, checkpoints and the final model into `run`.
 
     Args:
         model: a causal LM (HF or peft-wrapped), on the CPU; accelerate places it.
         tok: its tokenizer (saved beside every checkpoint; its pad id pads batches).
-        examples: tokenised examples; their labels say which tokens carry loss.
+        examples: tokenised examples; their labels say which tokens carry loss (`Pair`s for a preference
+            objective).
         cfg: optimisation settings.
         run: the run directory; `resume.pt` there, if present, is resumed from.
         evals: named evaluation sets, scored at start, every `eval_every` steps and at the end.
         on_step: called after every optimizer step with (progress, unwrapped model), e.g. for snapshots.
         save_final: write the final model to `run/model` (off when the caller keeps only measurements).
+        objective: the loss (`NextTokenLoss()` if none; `train.preference.PreferenceLoss` over pairs).
 
     Returns:
         A summary dict (steps, examples, tokens, final train loss, last evaluation).
@@ -256,6 +279,8 @@ def train(
     device = accelerator.device
     pad = pad_id(tok)
 
+    objective = objective or NextTokenLoss()
+    objective.setup(lm, examples, steps, pad, device, run, cfg.eval_batch_size, accelerator.is_main_process)
     progress = Progress()
     if run.file(RESUME).exists():
         progress = _load_resume(run, model, optimizer, scheduler, accelerator)
@@ -284,23 +309,24 @@ def train(
     last_eval: dict = {}
     train_loss = float("nan")
     t0 = time.perf_counter()
-    for step in steps[progress.step:]:
+    for index, step in enumerate(steps[progress.step:], start=progress.step):
         mine = step.micro_batches[accelerator.process_index::world] or [[]]
         step_nll = torch.zeros((), dtype=torch.float64, device=device)
         step_tokens = 0
+        with _autocast(device, cfg.bf16):
+            objective.begin_step(lm, examples, step, index, pad, device, cfg.eval_batch_size)
         for m, idx in enumerate(mine):
             if not idx:  # this process has no share of a short step: contribute a zero gradient
                 loss = sum(p.sum() * 0.0 for p in params)
                 accelerator.backward(loss)
                 continue
-            batch = {k: v.to(device) for k, v in collate([examples[i] for i in idx], pad).items()}
             sync = m == len(mine) - 1
             with (nullcontext() if sync else accelerator.no_sync(model)), _autocast(device, cfg.bf16):
-                nll = model(**batch)  # (B, T-1), 0 where there is no target
+                loss, logged, tokens = objective.micro(model, examples, idx, pad, device)
                 # DDP averages gradients over processes, so scale by `world` to get sum / n_targets overall.
-                accelerator.backward(nll.sum() * world / max(step.n_targets, 1))
-            step_nll += nll.detach().sum(dtype=torch.float64)
-            step_tokens += int(batch["attention_mask"].sum())
+                accelerator.backward(loss * world / max(step.n_targets, 1))
+            step_nll += logged
+            step_tokens += tokens
         if world > 1:
             step_nll = accelerator.reduce(step_nll, reduction="sum")
             step_tokens = int(accelerator.reduce(torch.tensor(step_tokens, device=device), reduction="sum"))
