@@ -292,7 +292,35 @@ def test_interrupted_rebound_resumes_without_redoing_points(full, setup, monkeyp
 # ---- bad input --------------------------------------------------------------------------------------------
 
 
+def _preference_file(root, with_rejected=True):
+    good, bad = _pairs(GOOD, 40, 7), _pairs(BAD, 40, 8)
+    return _jsonl(root / ("prefs.jsonl" if with_rejected else "chosen-only.jsonl"),
+                  [{"prompt": g["prompt"], "chosen": g["response"], **({"rejected": b["response"]} if with_rejected
+                                                                       else {})} for g, b in zip(good, bad)])
+
+
+def test_preference_perturbation_and_reverse(setup, tmp_path):
+    """SFT alignment then a DPO perturbation on pairs (Q2 counts pairs); the same reversed reads the scorer the
+    other way round: the reversed run's base score is 1 - the plain run's (vader is bounded in [0, 1])."""
+    cfg, root = setup
+    pairs = _preference_file(tmp_path)
+    plain = dataclasses.replace(cfg, pairs=pairs, perturb="dpo", q1=(8,), q2=(0, 6, 12), seeds=(0,))
+    run = rebound_stage(plain, tmp_path / "runs")
+    rows = _rows(run)
+    assert [(r["q1"], r["q2"]) for r in rows if r["q1"]] == [(8, 0), (8, 6), (8, 12)]
+    neg = next(p for p in (tmp_path / "runs").iterdir() if p.name.startswith("rebound-negative"))
+    assert (neg / "reference_logps.pt").is_file()  # the aligned model's log-probs, computed once
+    assert [r["examples"] for r in rows if r["q1"]] == [0, 6, 12]
+    reverse = rebound_stage(dataclasses.replace(plain, reverse=True, align="kto"), tmp_path / "runs")
+    base, base_reversed = _rows(run)[0], _rows(reverse)[0]
+    assert base_reversed["score"] == pytest.approx(1 - base["score"], abs=1e-12)
+
+
 @pytest.mark.parametrize("flags, message", [
+    (["--perturb", "dpo", "--pairs", "NO_REJECTED"], "line 1 has no field 'rejected'"),
+    (["--align", "simpo"], "--align simpo --perturb sft trains on preference pairs: set --pairs"),
+    (["--perturb", "ppo"], "perturb must be one of sft, dpo, ipo, simpo, kto, got 'ppo'"),
+    (["--pairs", "PAIRS"], "pairs is read only by a preference objective"),
     (["--q2", "0", "6", "40"], "q2 asks for 40 negative examples"),
     (["--scorer.name", "sentiment-magic"], "unknown scorer 'sentiment-magic'"),
     (["--prompts", "/nonexistent/prompts.jsonl"], "data file not found: /nonexistent/prompts.jsonl"),
@@ -302,6 +330,7 @@ def test_bad_input_exits_2_and_writes_nothing(setup, tmp_path, capsys, flags, me
     from elasticity.cli import main
 
     cfg, _ = setup
+    flags = [_preference_file(tmp_path, f == "PAIRS") if f in ("PAIRS", "NO_REJECTED") else f for f in flags]
     if "EMPTY_Q1" in flags:
         (tmp_path / "bad.yaml").write_text("q1: []\n")
         flags = ["--config", str(tmp_path / "bad.yaml")]

@@ -275,3 +275,17 @@ def test_bad_input_exits_2_without_writing(tmp_path, capsys, flags, message):
 def test_presets_load():
     assert load_config(Config, ROOT / "configs" / "world.yaml") == Config()
     assert _small().sizes.pretrain_tokens < Config().sizes.pretrain_tokens
+
+
+def test_preference_pairs_continue_one_opening_both_ways_exactly(world):
+    """A world pair's sides are a positive and a negative review of the same opening: each whole text is a
+    document of exactly its own component, with a finite exact code length given the opening."""
+    from elasticity.world.truth import pair_nats
+
+    rng = random.Random(5)
+    for _ in range(20):
+        prompt, positive, negative = world.sample_pair(rng)
+        assert positive != negative and positive.startswith(" ") and negative.startswith(" ")
+        assert pair_nats(world, prompt, positive)[0] == "positive"
+        component, nats = pair_nats(world, prompt, negative)
+        assert component == "negative" and 0 < nats < math.inf

@@ -34,6 +34,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
                 "elasticity against model size and pre-training volume: one rebound per base model"),
     "rates": ("elasticity.experiments.rates",
               "theory meets experiment: normalised rates through rebound, the theorem's ratio against k, Hooke"),
+    "algorithms": ("elasticity.experiments.algorithms",
+                   "rebound with the perturbation by SFT, DPO, IPO, SimPO or KTO, in both orders: heatmaps, metrics"),
     "demo": ("elasticity.demo", "the main job on the embedded world: every experiment, one report"),
     "run": ("elasticity.experiments.presets", "run a preset (configs/paper/): an experiment from raw data, per model"),
     "plan": ("elasticity.experiments.plan", "what a preset would run, read and cost, without downloading anything"),

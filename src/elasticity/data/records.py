@@ -18,11 +18,13 @@ from elasticity.errors import UserError
 
 @dataclass(frozen=True)
 class Fields:
-    """Which keys of a record hold the prompt, the response and a plain-text document."""
+    """Which keys of a record hold the prompt, the response, a preference pair's sides and a plain-text document."""
 
     prompt: str = "prompt"  # the field that holds a pair's prompt
     response: str = "response"  # the field that holds a pair's response
     text: str = "text"  # the field that holds a document
+    chosen: str = "chosen"  # the field that holds a preference pair's preferred response
+    rejected: str = "rejected"  # the field that holds its dispreferred response
 
 
 def load_records(

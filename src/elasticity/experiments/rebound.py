@@ -17,7 +17,13 @@ Stages (each cached; an interrupted experiment redoes only what is missing):
     rebound-<h>/            results, metrics, tables and figures (see `elasticity.report.rebound_tables`)
 
 The last `eval.pairs` records of the positive and negative files are held out of training: KL to the base
-and the positive / negative bits/token are measured on them. See `measurement` for every measured column
+and the positive / negative bits/token are measured on them.
+
+Either step can train on preference pairs instead of SFT (`--align`, `--perturb`: dpo, ipo, simpo, kto; see
+`train.preference`): the alignment on the first half of `pairs` (chosen = the aligned response), the
+perturbation on the second half with chosen and rejected swapped; Q1 and Q2 then count pairs. `--reverse`
+aligns toward the negative side and perturbs toward the positive one (the files' roles swap) and reads every
+scorer reversed (`scorers.registry.Reversed`), so a score still rises with alignment. See `measurement` for every measured column
 and `analysis.rebound` for the elasticity metrics.
 """
 
@@ -32,9 +38,9 @@ from pathlib import Path
 from elasticity.analysis.rebound import analyse
 from elasticity.config import InputPath
 from elasticity.data.records import load_records
-from elasticity.data.tokenize import tokenize_records
 from elasticity.errors import UserError
 from elasticity.experiments.measurement import Evaluator
+from elasticity.experiments.rebound_steps import preference_pools, step_examples
 from elasticity.experiments.skeleton import (
     PAPER_TRAIN,
     ExperimentConfig,
@@ -54,8 +60,9 @@ from elasticity.models.hf import quiet_loading
 from elasticity.report.rebound_tables import write_rebound
 from elasticity.results import BUILT_IN_PAIRS, Point, ReboundGrid, Savings
 from elasticity.runs import Run
-from elasticity.scorers import build_scorer
+from elasticity.scorers.registry import build_scorer_for
 from elasticity.train.loop import TrainConfig, train
+from elasticity.train.preference import PreferenceConfig
 
 
 @dataclass(frozen=True)
@@ -85,6 +92,10 @@ class Config(ExperimentConfig):
     positive: InputPath = ""  # positive (aligned) SFT records: prompt, response
     negative: InputPath = ""  # negative SFT records: prompt, response
     prompts: InputPath = ""  # evaluation prompts: prompt
+    pairs: InputPath = ""  # preference records for a dpo/ipo/simpo/kto step: prompt, chosen (aligned), rejected
+    align: str = "sft"  # the alignment's objective: sft on `positive`, or dpo/ipo/simpo/kto on `pairs`' first half
+    perturb: str = "sft"  # the perturbation's: sft on `negative`, or one on `pairs`' second half, sides swapped
+    reverse: bool = False  # align toward the negative side and perturb toward the positive one; scores reversed
     heldout: tuple[InputPath, ...] = ()  # held-out pre-training text files (text); the first measures alignment depth
     q1: tuple[int, ...] = (1000, 2000, 5000, 10000)  # positive example counts (the aligned models)
     q2: tuple[int, ...] = (0, 100, 200, 500, 1000, 2000)  # negative example counts at which each is measured
@@ -93,6 +104,7 @@ class Config(ExperimentConfig):
                                                                          samples_per_prompt=2))
     eval: Evaluation = field(default_factory=Evaluation)  # how much is measured at every grid point
     metrics: Metrics = field(default_factory=Metrics)  # windows and thresholds of the elasticity metrics
+    preference: PreferenceConfig = field(default_factory=PreferenceConfig)  # beta and the rest of dpo/ipo/simpo/kto
 
 
 @dataclass
@@ -108,6 +120,8 @@ class Data:
     q2: tuple[int, ...]  # sorted, 0 first
     early: int
     late: int
+    align_pairs: list[dict] = field(default_factory=list)  # preference steps' pools: chosen = the step's target
+    perturb_pairs: list[dict] = field(default_factory=list)
 
 
 def _grid(name: str, values: tuple[int, ...], allow_zero: bool) -> tuple[int, ...]:
@@ -144,10 +158,19 @@ def check(cfg: Config) -> Data:
     if cfg.metrics.kl_epsilon <= 0:
         raise UserError(f"metrics.kl_epsilon must be > 0, got {cfg.metrics.kl_epsilon}")
     pos, neg = read_pairs(cfg.positive, cfg.fields), read_pairs(cfg.negative, cfg.fields)
+    align_pairs, perturb_pairs = preference_pools(cfg)
+    if cfg.reverse:
+        pos, neg = neg, pos
     for name, pool, grid in (("positive", pos, q1), ("negative", neg, q2)):
-        if grid[-1] > len(pool) - ev.pairs:
-            key = "q1" if name == "positive" else "q2"
-            raise UserError(f"{key} asks for {grid[-1]} {name} examples but {getattr(cfg, name)} has {len(pool)} "
+        key = "q1" if name == "positive" else "q2"
+        if (cfg.align if key == "q1" else cfg.perturb) != "sft":
+            pool = align_pairs if key == "q1" else perturb_pairs
+            if grid[-1] > len(pool):
+                raise UserError(f"{key} asks for {grid[-1]} pairs but half of {cfg.pairs} is {len(pool)} (the "
+                                f"alignment takes the first half, the perturbation the second): lower {key}")
+        elif grid[-1] > len(pool) - ev.pairs:
+            file = getattr(cfg, {"positive": "negative", "negative": "positive"}[name] if cfg.reverse else name)
+            raise UserError(f"{key} asks for {grid[-1]} {name} examples but {file} has {len(pool)} "
                             f"records, {ev.pairs} of them held out (eval.pairs): lower {key} or eval.pairs")
     prompts = read_prompts(cfg.prompts, cfg.fields, ev.prompts)
     check_lengths(cfg, [(cfg.positive, [r["prompt"] for r in pos], "train.max_length", t.max_length),
@@ -167,7 +190,7 @@ def check(cfg: Config) -> Data:
                                 f"grid {list(q2)}")
     return Data(pos[: len(pos) - ev.pairs], neg[: len(neg) - ev.pairs],
                 {"positive": pos[len(pos) - ev.pairs:], "negative": neg[len(neg) - ev.pairs:]},
-                prompts, texts, q1, q2, early, late)
+                prompts, texts, q1, q2, early, late, align_pairs, perturb_pairs)
 
 
 def _train_cfg(cfg: Config, seed: int, marks: tuple[int, ...]) -> TrainConfig:
@@ -177,12 +200,16 @@ def _train_cfg(cfg: Config, seed: int, marks: tuple[int, ...]) -> TrainConfig:
 
 def _measure_key(cfg: Config, data: Data) -> dict:
     return {"eval": cfg.eval, "policy": cfg.policy, "scorer": cfg.scorer, "max_length": cfg.train.max_length,
-            "heldout": sorted(data.texts)}
+            "heldout": sorted(data.texts), "reverse": cfg.reverse}
+
+
+def _objective_key(cfg: Config, algorithm: str) -> dict:
+    return {"objective": algorithm, **({"preference": cfg.preference} if algorithm != "sft" else {})}
 
 
 def _inputs(cfg: Config) -> dict:
     return {"base": cfg.model, "positive": cfg.positive, "negative": cfg.negative, "prompts": cfg.prompts,
-            **{f"heldout:{h}": h for h in cfg.heldout}}
+            **({"pairs": cfg.pairs} if cfg.pairs else {}), **{f"heldout:{h}": h for h in cfg.heldout}}
 
 
 class Kit:
@@ -231,8 +258,10 @@ def positive_stage(cfg: Config, data: Data, kit: Kit, seed: int, runs_root: Path
     def work(run: Run) -> None:
         model, tok = kit.models.fresh(cfg.model)
         model.train()
-        order = seed_order(len(data.positive), seed)[: data.q1[-1]]
-        examples = tokenize_records([data.positive[i] for i in order], tok, tcfg.max_length, "positive")
+        pool = data.positive if cfg.align == "sft" else data.align_pairs
+        order = seed_order(len(pool), seed)[: data.q1[-1]]
+        examples, objective = step_examples(cfg.align, pool, order, tok, tcfg.max_length, "positive",
+                                             cfg.preference)
         marks = {}
 
         def on_step(progress, _model) -> None:
@@ -240,7 +269,7 @@ def positive_stage(cfg: Config, data: Data, kit: Kit, seed: int, runs_root: Path
                 marks[progress.examples] = {"tokens": progress.tokens, "steps": progress.step}
 
         say("rebound", f"seed {seed}: positive SFT on {len(examples)} examples, checkpoints at Q1 = {list(data.q1)}")
-        summary = train(model, tok, examples, tcfg, run, on_step=on_step)
+        summary = train(model, tok, examples, tcfg, run, on_step=on_step, objective=objective)
         if len(marks) < len(data.q1):  # resumed: marks before the resume point come from the checkpoints
             for q in data.q1:
                 progress = json.loads((run.file("checkpoints") / f"examples-{q}" / "progress.json").read_text())
@@ -248,8 +277,11 @@ def positive_stage(cfg: Config, data: Data, kit: Kit, seed: int, runs_root: Path
         run.write_json("marks.json", {str(q): marks[q] for q in data.q1})
         run.write_json("summary.json", summary)
 
-    key = {"train": tcfg, "held_out_pairs": cfg.eval.pairs, "fields": cfg.fields}
-    return stage(runs_root, "rebound-positive", key, {"base": cfg.model, "positive": cfg.positive}, work, seed=seed)
+    key = {"train": tcfg, "held_out_pairs": cfg.eval.pairs, "fields": cfg.fields, "reverse": cfg.reverse,
+           **_objective_key(cfg, cfg.align)}
+    inputs = {"base": cfg.model, "positive": cfg.negative if cfg.reverse else cfg.positive,
+              **({"pairs": cfg.pairs} if cfg.align != "sft" else {})}
+    return stage(runs_root, "rebound-positive", key, inputs, work, seed=seed)
 
 
 def negative_stage(cfg: Config, data: Data, kit: Kit, seed: int, q1: int, positive: Run, runs_root: Path) -> Run:
@@ -284,15 +316,18 @@ def negative_stage(cfg: Config, data: Data, kit: Kit, seed: int, q1: int, positi
 
         if marks:
             model.train()
-            order = seed_order(len(data.negative), seed)[: marks[-1]]
-            examples = tokenize_records([data.negative[i] for i in order], tok, tcfg.max_length, "negative")
+            pool = data.negative if cfg.perturb == "sft" else data.perturb_pairs
+            order = seed_order(len(pool), seed)[: marks[-1]]
+            examples, objective = step_examples(cfg.perturb, pool, order, tok, tcfg.max_length, "negative",
+                                                 cfg.preference)
             run.write_json("summary.json", train(model, tok, examples, tcfg, run, on_step=on_step,
-                                                 progress_bar=False, save_final=cfg.keep_models))
+                                                 progress_bar=False, save_final=cfg.keep_models,
+                                                 objective=objective))
         if not cfg.keep_models:  # the measurements are the result; checkpoints of every Q2 are not
             for name in ("checkpoints", "model"):
                 shutil.rmtree(run.file(name), ignore_errors=True)
 
-    key = {"train": tcfg, "q1": q1, **_measure_key(cfg, data)}
+    key = {"train": tcfg, "q1": q1, **_measure_key(cfg, data), **_objective_key(cfg, cfg.perturb)}
     inputs = {"positive_run": positive, **_inputs(cfg)}
     return stage(runs_root, "rebound-negative", key, inputs, work, seed=seed)
 
@@ -327,7 +362,8 @@ def rebound_stage(cfg: Config, runs_root: Path) -> Run:
     """Run (or reuse) the whole experiment; returns the `rebound` run holding results, metrics and figures."""
     data = check(cfg)
     quiet_loading()
-    kit = Kit(cfg, data, build_scorer(cfg.scorer))  # a missing scorer model fails here, before any run directory
+    kit = Kit(cfg, data, build_scorer_for(cfg.scorer, cfg.reverse))  # a missing scorer model fails here, before
+    # any run directory
     base = base_stage(cfg, data, kit, runs_root)
     positives, negatives = {}, {}
     for seed in cfg.seeds:

@@ -14,12 +14,12 @@ from elasticity.errors import UserError
 from elasticity.runs import Run
 
 
-def rebound_files(world: Run) -> dict:
-    """Rebound's file fields (dotted keys) filled with the world's files."""
+def rebound_files(world: Run, pairs: bool = False) -> dict:
+    """Rebound's file fields (dotted keys) filled with the world's files; `pairs` adds its preference pairs."""
     return {"positive": str(world.file("sft_positive.jsonl")), "negative": str(world.file("sft_negative.jsonl")),
             "prompts": str(world.file("eval_prompts.jsonl")),
             "heldout": (str(world.file("heldout_neutral.jsonl")), str(world.file("heldout_mixture.jsonl"))),
-            "scorer.world": str(world.path)}
+            "scorer.world": str(world.path), **({"pairs": str(world.file("sft_pairs.jsonl"))} if pairs else {})}
 
 
 def resistance_files(world: Run) -> dict:

@@ -172,3 +172,30 @@ def build_scorer(cfg: ScorerConfig) -> Scorer:
     check_scorer_config(cfg)
     return SCORERS[cfg.name](cfg)
 
+
+
+class Reversed:
+    """A scorer read the other way round, for rebound's `--reverse` (the negative behaviour is the aligned one):
+    `lo + hi - s` for a scorer bounded in [lo, hi] (every scorer here but a score-model without sigmoid), else `-s`.
+    So higher still means more aligned, and a bounded score keeps its range."""
+
+    def __init__(self, scorer: Scorer, bounds: tuple[float, float] | None):
+        self.inner, self.bounds, self.name = scorer, bounds, f"reversed-{scorer.name}"
+
+    def score(self, texts: list[str]) -> list[float]:
+        values = self.inner.score(texts)
+        if self.bounds is None:
+            return [-v for v in values]
+        lo, hi = self.bounds
+        return [lo + hi - v for v in values]
+
+
+def score_bounds(cfg: ScorerConfig) -> tuple[float, float] | None:
+    """The range a scorer's values lie in, or None where they are any real (a score-model without sigmoid)."""
+    return None if cfg.name == "score-model" and not cfg.sigmoid else (0.0, 1.0)
+
+
+def build_scorer_for(cfg: ScorerConfig, reverse: bool) -> Scorer:
+    """`build_scorer`, read in the direction of the experiment (reversed when the negative side is aligned)."""
+    scorer = build_scorer(cfg)
+    return Reversed(scorer, score_bounds(cfg)) if reverse else scorer

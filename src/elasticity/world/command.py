@@ -60,6 +60,7 @@ class Sizes:
     pretrain_tokens: int = 3_000_000  # pre-training corpus size in tokens of the world's tokenizer (EOS counted)
     sft_positive: int = 5000  # positive review (opening, rest) pairs
     sft_negative: int = 5000  # negative review pairs
+    sft_pairs: int = 4000  # preference pairs: one opening (never an evaluation prompt), continued both ways
     eval_prompts: int = 200  # distinct held-out review openings that no SFT record uses
     heldout_docs: int = 500  # per component, and for the mixture
     entropy_docs: int = 2000  # sampled documents per entropy-rate estimate
@@ -114,7 +115,8 @@ def build_world(cfg: Config, runs_root: Path) -> Run:
     def work(run: Run) -> dict:
         facts = corpus.build(
             world, run, seed=cfg.seed, pretrain_tokens=cfg.sizes.pretrain_tokens,
-            sft_sizes={"positive": cfg.sizes.sft_positive, "negative": cfg.sizes.sft_negative},
+            sft_sizes={"positive": cfg.sizes.sft_positive, "negative": cfg.sizes.sft_negative,
+                       "pairs": cfg.sizes.sft_pairs},
             eval_prompts=cfg.sizes.eval_prompts, heldout_docs=cfg.sizes.heldout_docs,
             entropy_docs=cfg.sizes.entropy_docs, check_docs=cfg.sizes.check_docs,
             tokenizer_docs=cfg.sizes.tokenizer_docs, vocab_size=cfg.vocab_size,

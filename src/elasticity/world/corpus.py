@@ -86,6 +86,18 @@ def _sft(world: World, seed: int, component: str, n: int) -> list[dict]:
     return out
 
 
+def _pairs(world: World, seed: int, n: int, exclude: set[str]) -> list[dict]:
+    """Preference pairs (prompt, chosen = positive, rejected = negative) whose openings are no evaluation prompt
+    (drawn after the SFT sets and the prompts, from their own stream: those files do not change)."""
+    rng = random.Random(f"{seed}:pairs")
+    out = []
+    while len(out) < n:
+        prompt, positive, negative = world.sample_pair(rng)
+        if prompt not in exclude:
+            out.append({"prompt": prompt, "chosen": positive, "rejected": negative})
+    return out
+
+
 def _eval_prompts(world: World, seed: int, n: int, exclude: set[str]) -> list[dict]:
     """Distinct review openings that no SFT record uses as its prompt."""
     rng = random.Random(f"{seed}:eval")
@@ -130,6 +142,8 @@ def build(world: World, run: Run, *, seed: int, pretrain_tokens: int, sft_sizes:
         write_jsonl(run.file(f"sft_{c}.jsonl"), recs)
     prompts = _eval_prompts(world, seed, eval_prompts, {r["prompt"] for recs in sft.values() for r in recs})
     write_jsonl(run.file("eval_prompts.jsonl"), prompts)
+    write_jsonl(run.file("sft_pairs.jsonl"), _pairs(world, seed, sft_sizes.get("pairs", 0),
+                                                    {r["prompt"] for r in prompts}))
     times["sft_and_prompts_s"] = round(time.time() - t, 2)
 
     t = time.time()
@@ -161,7 +175,8 @@ def build(world: World, run: Run, *, seed: int, pretrain_tokens: int, sft_sizes:
     return {
         "pretrain": {"file": "pretrain.jsonl", "docs": len(pretrain), "tokens": total,
                      "tokenizer_trained_on_first_docs": tokenizer_docs},
-        "sft": {c: {"file": f"sft_{c}.jsonl", "records": len(recs)} for c, recs in sft.items()},
+        "sft": {**{c: {"file": f"sft_{c}.jsonl", "records": len(recs)} for c, recs in sft.items()},
+                "pairs": {"file": "sft_pairs.jsonl", "records": sft_sizes.get("pairs", 0)}},
         "eval_prompts": {"file": "eval_prompts.jsonl", "prompts": len(prompts)},
         "heldout": heldout,
         "entropy": entropy,

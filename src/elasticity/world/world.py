@@ -15,6 +15,7 @@ from pathlib import Path
 from elasticity.errors import UserError
 from elasticity.files import atomic_write
 from elasticity.world.grammar import ROOTS, build_grammar, opening_symbol
+from elasticity.world.lexicon import STRONG_PROB
 from elasticity.world.pcfg import Grammar, Sample, render
 
 COMPONENTS = ROOTS  # ("neutral", "positive", "negative")
@@ -74,6 +75,20 @@ class World:
         k = opening_symbol(s.parts)
         prompt, full = render(s.tokens[:k]), s.text
         return prompt, full[len(prompt):]
+
+    def sample_pair(self, rng: random.Random) -> tuple[str, str, str]:
+        """(opening, positive rest, negative rest): one review opening continued both ways, each continuation
+        exactly as the world writes it after that opening. A review is opening | body | closing with the body and
+        closing drawn given the genre (fixed by the opening) and a fresh intensity, so the negative side
+        re-expands the negative root's body and closing for the positive review's genre."""
+        s = self.sample("positive", rng)
+        k = opening_symbol(s.parts)
+        genre = next(sym for sym, _, _ in s.parts if sym.startswith("$opening|")).split("|", 1)[1]
+        intensity = "strong" if rng.random() < STRONG_PROB else "mild"
+        tail = [t for part in (f"$body|negative|{genre}|{intensity}", f"$closing|negative|{genre}|{intensity}")
+                for t in self.grammar.sample(part, rng).tokens]
+        prompt = render(s.tokens[:k])
+        return prompt, s.text[len(prompt):], render(s.tokens[:k] + tail)[len(prompt):]
 
     def sample_opening(self, rng: random.Random) -> str:
         """A review opening (identically distributed in both review components, so it carries no sentiment)."""
