@@ -60,7 +60,7 @@ def test_ordering_table_has_every_space(tiny):
 
 
 @pytest.mark.parametrize("flags, message", [
-    (["--algorithms", "sft", "ppo"], "algorithms: unknown 'ppo' (known: sft, dpo, ipo, simpo, kto)"),
+    (["--algorithms", "sft", "ppo"], "algorithms: unknown 'ppo' (known: sft, dpo, ipo, simpo, kto, rloo, grpo)"),
     (["--orders", "sideways"], "orders: unknown 'sideways'"),
     (["--reverse", "true"], "algorithms sets perturb and reverse itself"),
 ])

@@ -316,10 +316,28 @@ def test_preference_perturbation_and_reverse(setup, tmp_path):
     assert base_reversed["score"] == pytest.approx(1 - base["score"], abs=1e-12)
 
 
+def test_rl_steps_count_prompts(setup, tmp_path):
+    """Alignment by GRPO and perturbation by RLOO through TRL, rewarded by the scorer: Q1 and Q2 count prompts,
+    every Q2 is measured once, the perturbed model has moved (KL to the aligned one's grows from 0)."""
+    from elasticity.train.rl import RLConfig
+
+    cfg, _ = setup
+    rl = dataclasses.replace(cfg, align="grpo", perturb="rloo", q1=(8,), q2=(0, 6, 12), seeds=(0,),
+                             rl=RLConfig(prompts_per_step=2, num_generations=4))
+    rows = _rows(rebound_stage(rl, tmp_path / "runs"))
+    assert [(r["q1"], r["q2"], r["steps"]) for r in rows if r["q1"]] == [(8, 0, 0), (8, 6, 3), (8, 12, 6)]
+    aligned = next(p for p in (tmp_path / "runs").iterdir() if p.name.startswith("rebound-positive"))
+    assert json.loads((aligned / "marks.json").read_text())["8"]["steps"] == 4
+    assert rows[0]["kl_response"] == 0 and all(r["kl_response"] > 0 for r in rows[1:])
+    assert not any(p.name == "trl" for p in aligned.iterdir())
+
+
 @pytest.mark.parametrize("flags, message", [
     (["--perturb", "dpo", "--pairs", "NO_REJECTED"], "line 1 has no field 'rejected'"),
     (["--align", "simpo"], "--align simpo --perturb sft trains on preference pairs: set --pairs"),
-    (["--perturb", "ppo"], "perturb must be one of sft, dpo, ipo, simpo, kto, got 'ppo'"),
+    (["--perturb", "ppo"], "perturb must be one of sft, dpo, ipo, simpo, kto, rloo, grpo, got 'ppo'"),
+    (["--perturb", "rloo", "--scorer.name", ""], "--perturb rloo is rewarded by the scorer: set --scorer.name"),
+    (["--perturb", "grpo", "--rl.prompts_per_step", "4"], "q2 6 is not a multiple of rl.prompts_per_step (4)"),
     (["--pairs", "PAIRS"], "pairs is read only by a preference objective"),
     (["--q2", "0", "6", "40"], "q2 asks for 40 negative examples"),
     (["--scorer.name", "sentiment-magic"], "unknown scorer 'sentiment-magic'"),

@@ -1,7 +1,7 @@
 """`elasticity algorithms`: rebound with the perturbation done by each objective, in both orders (Appendix B.2).
 
-The paper repeats rebound with PPO, DPO, KTO and SimPO as the perturbation instead of SFT (its Figure 7) and in
-the reversed order, negative data first and positive after (Figure 8). Here every (order, algorithm) is one
+The paper repeats rebound with PPO, DPO, KTO and SimPO as the perturbation instead of SFT (its Figure 7; PPO is
+RLOO or GRPO here, see `train.rl`) and in the reversed order, negative data first and positive after (Figure 8). Here every (order, algorithm) is one
 rebound (`--perturb ALGORITHM`, `--reverse` for the reversed order) on the same base model, data, grid and
 seeds, each its own cached stages; the final `algorithms-<h>/` stage writes the heatmaps (Q1 x Q2 -> score,
 one panel per order and algorithm), the elasticity metrics per algorithm with their intervals, and whether the
@@ -22,11 +22,12 @@ from elasticity.errors import UserError
 from elasticity.experiments import rebound
 from elasticity.experiments.pretrain import Config as PretrainConfig
 from elasticity.experiments.pretrain import pretrain_model
+from elasticity.experiments.rebound_steps import STEP_ALGORITHMS
 from elasticity.experiments.skeleton import command, say, stage
 from elasticity.experiments.world_inputs import rebound_files
 from elasticity.report.algorithms import write_algorithms
 from elasticity.runs import Run
-from elasticity.train.preference import ALGORITHMS
+from elasticity.train.preference import PREFERENCE
 
 ORDERS = ("forward", "reverse")
 
@@ -41,7 +42,7 @@ class Config(rebound.Config):
 
 
 def check(cfg: Config) -> None:
-    for key, values, known in (("algorithms", cfg.algorithms, ALGORITHMS), ("orders", cfg.orders, ORDERS)):
+    for key, values, known in (("algorithms", cfg.algorithms, STEP_ALGORITHMS), ("orders", cfg.orders, ORDERS)):
         if not values or len(set(values)) != len(values):
             raise UserError(f"{key} must list distinct values, got {list(values)}")
         bad = [v for v in values if v not in known]
@@ -63,7 +64,7 @@ def configs(cfg: Config, runs_root: Path) -> dict[tuple[str, str], rebound.Confi
     out = {}
     for order in cfg.orders:
         for algorithm in cfg.algorithms:
-            pairs = values["pairs"] if algorithm != "sft" or cfg.align != "sft" else ""
+            pairs = values["pairs"] if algorithm in PREFERENCE or cfg.align in PREFERENCE else ""
             out[(order, algorithm)] = rebound.Config(**dict(values, perturb=algorithm, reverse=order == "reverse",
                                                             pairs=pairs))
     return out

@@ -27,9 +27,12 @@ from dataclasses import dataclass
 import numpy as np
 
 from elasticity.data.tokenize import encode_pair, encode_text, pad_id
+from elasticity.experiments.skeleton import Models, say
+from elasticity.files import append_jsonl
 from elasticity.generate import DecodingPolicy, generate
 from elasticity.likelihood import teacher_forced
-from elasticity.results import BUILT_IN_PAIRS, Measurement
+from elasticity.results import BUILT_IN_PAIRS, Measurement, Point
+from elasticity.runs import Run
 from elasticity.stats import clustered_mean_se
 
 CACHE_FLOATS = 64 * 2**20  # 256 MB of float32 base log-probabilities at most
@@ -113,3 +116,31 @@ class Evaluator:
             new_tokens=float(np.mean([s["new_tokens"] for s in samples])),
             kl_response=kl_nats / kl_tokens if kl_tokens else math.nan, bits_per_token=bits, kl_to_base=kl_to_base)
         return measurement, samples
+
+
+class Kit:
+    """Rebound's models and evaluator, built on first use (a fully cached experiment never loads a model)."""
+
+    def __init__(self, cfg, data, scorer):  # a rebound Config and its checked Data
+        self.cfg, self.data, self.scorer, self.models, self._ev = cfg, data, scorer, Models(cfg), None
+
+    def evaluator(self):
+        if self._ev is None:
+            base, tok = self.models.with_tokenizer(self.cfg.model)
+            self._ev = Evaluator(self.scorer, tok, base, self.data.prompts, self.cfg.policy,
+                                 self.data.heldout_pairs, self.data.texts, self.cfg.train.max_length,
+                                 self.cfg.eval.score_prompt, self.cfg.eval.batch_size)
+            if self._ev.truncated:
+                say("rebound", f"{self._ev.truncated} evaluation sequences truncated to {self.cfg.train.max_length} "
+                               "tokens")
+        return self._ev
+
+    def record(self, run: Run, model, q1: int, seed: int | None, q2: int, examples: int, tokens: int, steps: int,
+               train_loss: float | None) -> Point:
+        """Measure `model` and append the point (and its scored samples) to the stage's files."""
+        measurement, samples = self.evaluator().measure(model)
+        point = Point(q1, seed, q2, examples, tokens, steps, train_loss, measurement)
+        for s in samples:
+            append_jsonl(run.file("samples.jsonl"), {"q2": q2, **s})
+        append_jsonl(run.file("points.jsonl"), point.to_record())
+        return point

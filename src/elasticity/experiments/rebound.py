@@ -39,12 +39,11 @@ from elasticity.analysis.rebound import analyse
 from elasticity.config import InputPath
 from elasticity.data.records import load_records
 from elasticity.errors import UserError
-from elasticity.experiments.measurement import Evaluator
-from elasticity.experiments.rebound_steps import preference_pools, step_examples
+from elasticity.experiments.measurement import Kit
+from elasticity.experiments.rebound_steps import check_steps, preference_pools, run_rl, save_checkpoint, step_examples
 from elasticity.experiments.skeleton import (
     PAPER_TRAIN,
     ExperimentConfig,
-    Models,
     check_experiment,
     check_lengths,
     command,
@@ -54,7 +53,7 @@ from elasticity.experiments.skeleton import (
     seed_order,
     stage,
 )
-from elasticity.files import append_jsonl, read_jsonl, write_jsonl
+from elasticity.files import read_jsonl, write_jsonl
 from elasticity.generate import DecodingPolicy
 from elasticity.models.hf import quiet_loading
 from elasticity.report.rebound_tables import write_rebound
@@ -62,7 +61,8 @@ from elasticity.results import BUILT_IN_PAIRS, Point, ReboundGrid, Savings
 from elasticity.runs import Run
 from elasticity.scorers.registry import build_scorer_for
 from elasticity.train.loop import TrainConfig, train
-from elasticity.train.preference import PreferenceConfig
+from elasticity.train.preference import PREFERENCE, PreferenceConfig
+from elasticity.train.rl import RL, RLConfig
 
 
 @dataclass(frozen=True)
@@ -93,8 +93,10 @@ class Config(ExperimentConfig):
     negative: InputPath = ""  # negative SFT records: prompt, response
     prompts: InputPath = ""  # evaluation prompts: prompt
     pairs: InputPath = ""  # preference records for a dpo/ipo/simpo/kto step: prompt, chosen (aligned), rejected
-    align: str = "sft"  # the alignment's objective: sft on `positive`, or dpo/ipo/simpo/kto on `pairs`' first half
-    perturb: str = "sft"  # the perturbation's: sft on `negative`, or one on `pairs`' second half, sides swapped
+    align: str = "sft"  # the alignment's objective: sft on `positive`, dpo/ipo/simpo/kto on `pairs`' first half, or
+    # rloo/grpo on `positive`'s prompts rewarded by the scorer
+    perturb: str = "sft"  # the perturbation's: sft on `negative`, a preference one on `pairs`' second half (sides
+    # swapped), or rloo/grpo on `negative`'s prompts rewarded by the reversed scorer
     reverse: bool = False  # align toward the negative side and perturb toward the positive one; scores reversed
     heldout: tuple[InputPath, ...] = ()  # held-out pre-training text files (text); the first measures alignment depth
     q1: tuple[int, ...] = (1000, 2000, 5000, 10000)  # positive example counts (the aligned models)
@@ -105,6 +107,7 @@ class Config(ExperimentConfig):
     eval: Evaluation = field(default_factory=Evaluation)  # how much is measured at every grid point
     metrics: Metrics = field(default_factory=Metrics)  # windows and thresholds of the elasticity metrics
     preference: PreferenceConfig = field(default_factory=PreferenceConfig)  # beta and the rest of dpo/ipo/simpo/kto
+    rl: RLConfig = field(default_factory=RLConfig)  # rloo / grpo: prompts per step, completions per prompt, KL beta
 
 
 @dataclass
@@ -144,6 +147,7 @@ def check(cfg: Config) -> Data:
     Raises:
         UserError: one line naming the field and the fix.
     """
+    check_steps(cfg)
     check_experiment(cfg, ("model", "positive", "negative", "prompts"))
     q1 = _grid("q1", cfg.q1, allow_zero=False)
     q2 = tuple(sorted({0, *_grid("q2", cfg.q2, allow_zero=True)}))
@@ -163,7 +167,7 @@ def check(cfg: Config) -> Data:
         pos, neg = neg, pos
     for name, pool, grid in (("positive", pos, q1), ("negative", neg, q2)):
         key = "q1" if name == "positive" else "q2"
-        if (cfg.align if key == "q1" else cfg.perturb) != "sft":
+        if (cfg.align if key == "q1" else cfg.perturb) in PREFERENCE:
             pool = align_pairs if key == "q1" else perturb_pairs
             if grid[-1] > len(pool):
                 raise UserError(f"{key} asks for {grid[-1]} pairs but half of {cfg.pairs} is {len(pool)} (the "
@@ -204,40 +208,13 @@ def _measure_key(cfg: Config, data: Data) -> dict:
 
 
 def _objective_key(cfg: Config, algorithm: str) -> dict:
-    return {"objective": algorithm, **({"preference": cfg.preference} if algorithm != "sft" else {})}
+    settings = {"preference": cfg.preference} if algorithm in PREFERENCE else {"rl": cfg.rl} if algorithm in RL else {}
+    return {"objective": algorithm, **settings}
 
 
 def _inputs(cfg: Config) -> dict:
     return {"base": cfg.model, "positive": cfg.positive, "negative": cfg.negative, "prompts": cfg.prompts,
             **({"pairs": cfg.pairs} if cfg.pairs else {}), **{f"heldout:{h}": h for h in cfg.heldout}}
-
-
-class Kit:
-    """The models and the evaluator, built on first use (a fully cached experiment never loads a model)."""
-
-    def __init__(self, cfg: Config, data: Data, scorer):
-        self.cfg, self.data, self.scorer, self.models, self._ev = cfg, data, scorer, Models(cfg), None
-
-    def evaluator(self):
-        if self._ev is None:
-            base, tok = self.models.with_tokenizer(self.cfg.model)
-            self._ev = Evaluator(self.scorer, tok, base, self.data.prompts, self.cfg.policy,
-                                 self.data.heldout_pairs, self.data.texts, self.cfg.train.max_length,
-                                 self.cfg.eval.score_prompt, self.cfg.eval.batch_size)
-            if self._ev.truncated:
-                say("rebound", f"{self._ev.truncated} evaluation sequences truncated to {self.cfg.train.max_length} "
-                               "tokens")
-        return self._ev
-
-    def record(self, run: Run, model, q1: int, seed: int | None, q2: int, examples: int, tokens: int, steps: int,
-               train_loss: float | None) -> Point:
-        """Measure `model` and append the point (and its scored samples) to the stage's files."""
-        measurement, samples = self.evaluator().measure(model)
-        point = Point(q1, seed, q2, examples, tokens, steps, train_loss, measurement)
-        for s in samples:
-            append_jsonl(run.file("samples.jsonl"), {"q2": q2, **s})
-        append_jsonl(run.file("points.jsonl"), point.to_record())
-        return point
 
 
 def base_stage(cfg: Config, data: Data, kit: Kit, runs_root: Path) -> Run:
@@ -258,18 +235,28 @@ def positive_stage(cfg: Config, data: Data, kit: Kit, seed: int, runs_root: Path
     def work(run: Run) -> None:
         model, tok = kit.models.fresh(cfg.model)
         model.train()
-        pool = data.positive if cfg.align == "sft" else data.align_pairs
+        pool = data.align_pairs if cfg.align in PREFERENCE else data.positive
         order = seed_order(len(pool), seed)[: data.q1[-1]]
-        examples, objective = step_examples(cfg.align, pool, order, tok, tcfg.max_length, "positive",
-                                             cfg.preference)
         marks = {}
+        say("rebound", f"seed {seed}: alignment by {cfg.align} on {len(order)} examples, checkpoints at Q1 = "
+                       f"{list(data.q1)}")
+        if cfg.align in RL:
+            def on_mark(q, steps, tokens, m) -> None:
+                save_checkpoint(m, tok, run.file("checkpoints") / f"examples-{q}",
+                                {"step": steps, "examples": q, "tokens": tokens})
+                marks[q] = {"tokens": tokens, "steps": steps}
 
-        def on_step(progress, _model) -> None:
-            if progress.examples in data.q1:
-                marks[progress.examples] = {"tokens": progress.tokens, "steps": progress.step}
+            summary = run_rl(cfg.align, cfg, kit.scorer, model, tok, [pool[i]["prompt"] for i in order], data.q1,
+                             seed, run, on_mark, perturb=False)
+        else:
+            examples, objective = step_examples(cfg.align, pool, order, tok, tcfg.max_length, "positive",
+                                                 cfg.preference)
 
-        say("rebound", f"seed {seed}: positive SFT on {len(examples)} examples, checkpoints at Q1 = {list(data.q1)}")
-        summary = train(model, tok, examples, tcfg, run, on_step=on_step, objective=objective)
+            def on_step(progress, _model) -> None:
+                if progress.examples in data.q1:
+                    marks[progress.examples] = {"tokens": progress.tokens, "steps": progress.step}
+
+            summary = train(model, tok, examples, tcfg, run, on_step=on_step, objective=objective)
         if len(marks) < len(data.q1):  # resumed: marks before the resume point come from the checkpoints
             for q in data.q1:
                 progress = json.loads((run.file("checkpoints") / f"examples-{q}" / "progress.json").read_text())
@@ -280,7 +267,7 @@ def positive_stage(cfg: Config, data: Data, kit: Kit, seed: int, runs_root: Path
     key = {"train": tcfg, "held_out_pairs": cfg.eval.pairs, "fields": cfg.fields, "reverse": cfg.reverse,
            **_objective_key(cfg, cfg.align)}
     inputs = {"base": cfg.model, "positive": cfg.negative if cfg.reverse else cfg.positive,
-              **({"pairs": cfg.pairs} if cfg.align != "sft" else {})}
+              **({"pairs": cfg.pairs} if cfg.align in PREFERENCE else {})}
     return stage(runs_root, "rebound-positive", key, inputs, work, seed=seed)
 
 
@@ -292,8 +279,8 @@ def negative_stage(cfg: Config, data: Data, kit: Kit, seed: int, q1: int, positi
     def work(run: Run) -> None:
         # an interrupted run keeps its finished points; samples of a point it did not finish are dropped (that
         # point is measured again), and both files are rewritten whole (no half line from a killed append)
-        points = read_jsonl(run.file("points.jsonl"))
-        done = {p["q2"] for p in points}
+        points = [p for p in read_jsonl(run.file("points.jsonl")) if cfg.perturb not in RL or p["q2"] == 0]
+        done = {p["q2"] for p in points}  # (an RL run has no resume: it measures every Q2 > 0 again)
         write_jsonl(run.file("points.jsonl"), points)
         write_jsonl(run.file("samples.jsonl"), [s for s in read_jsonl(run.file("samples.jsonl")) if s["q2"] in done])
         model, tok = kit.models.fresh(str(positive.file("checkpoints") / f"examples-{q1}"))
@@ -314,9 +301,18 @@ def negative_stage(cfg: Config, data: Data, kit: Kit, seed: int, q1: int, positi
                                f"KL to base {p.measurement.kl_response:.4f}")
             last_step[0] = progress.step
 
-        if marks:
+        if marks and cfg.perturb in RL:
+            def on_mark(q, steps, tokens, m) -> None:
+                p = kit.record(run, m, q1, seed, q, q, tokens, steps, None)
+                say("rebound", f"seed {seed} Q1={q1} Q2={q}: score {p.measurement.score:.3f}")
+
+            order = seed_order(len(data.negative), seed)[: marks[-1]]
+            run.write_json("summary.json", run_rl(cfg.perturb, cfg, kit.scorer, model, tok,
+                                                  [data.negative[i]["prompt"] for i in order], marks, seed, run,
+                                                  on_mark, perturb=True))
+        elif marks:
             model.train()
-            pool = data.negative if cfg.perturb == "sft" else data.perturb_pairs
+            pool = data.perturb_pairs if cfg.perturb in PREFERENCE else data.negative
             order = seed_order(len(pool), seed)[: marks[-1]]
             examples, objective = step_examples(cfg.perturb, pool, order, tok, tcfg.max_length, "negative",
                                                  cfg.preference)
