@@ -74,6 +74,23 @@ def test_plan_counts_exactly_where_data_and_model_are_here(paper_assets, capsys)
     assert "pools: positive 20, negative 20, text 16; 4 evaluation prompts" in text and "resolved config:" in text
 
 
+def test_plan_counts_a_preference_perturbation_exactly(paper_assets, capsys):
+    """DPO on the data's pairs: both sides' tokens counted exactly, and as much again for the reference pass."""
+    from elasticity.data.tokenize import encode_pair
+    from elasticity.models.hf import load_tokenizer
+
+    preset = ROOT / "configs" / "paper" / "rebound-pku-dpo.yaml"
+    assert main(["plan", *_local_flags(preset, paper_assets, [str(paper_assets["base"])]), "--json"]) == 0
+    plan = json.loads(capsys.readouterr().out)
+    negative = next(s for s in plan["models"][0]["stages"] if s["stage"] == "rebound-negative")
+    assert negative["objective"] == "dpo" and negative["exact"]
+    assert negative["reference_tokens"] == negative["training_tokens"] > 0
+    tok = load_tokenizer(str(paper_assets["base"]))
+    sft = next(s for s in plan["models"][0]["stages"] if s["stage"] == "rebound-positive")
+    assert sft["objective"] == "sft" and "reference_tokens" not in sft
+    assert negative["training_tokens"] >= 2 * 4 * len(encode_pair(tok, "", "", 96).input_ids)
+
+
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     return tmp_path_factory.mktemp("preset-runs")

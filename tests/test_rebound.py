@@ -316,6 +316,24 @@ def test_preference_perturbation_and_reverse(setup, tmp_path):
     assert base_reversed["score"] == pytest.approx(1 - base["score"], abs=1e-12)
 
 
+def test_on_policy_pairs_are_the_aligned_models_own_ranked_by_the_scorer(setup, tmp_path):
+    from elasticity.scorers import ScorerConfig, build_scorer
+
+    cfg, _ = setup
+    more = _jsonl(tmp_path / "neg.jsonl", _pairs(BAD, 100, 9))  # many prompts: few pairs of samples differ
+    on_policy = dataclasses.replace(cfg, negative=more, perturb="ipo", on_policy=True, q1=(8,), q2=(0, 4), seeds=(0,),
+                                    policy=dataclasses.replace(cfg.policy, max_new_tokens=16))
+    rows = _rows(rebound_stage(on_policy, tmp_path / "runs"))
+    assert [r["q2"] for r in rows if r["q1"]] == [0, 4]
+    neg = next(p for p in (tmp_path / "runs").iterdir() if p.name.startswith("rebound-negative"))
+    pairs = [json.loads(line) for line in (neg / "on_policy_pairs.jsonl").read_text().splitlines()]
+    vader = build_scorer(ScorerConfig(name="vader"))
+    assert len(pairs) == 4
+    for r in pairs:  # the perturbation prefers the less positive sample
+        chosen, rejected = vader.score([r["prompt"] + r["chosen"], r["prompt"] + r["rejected"]])
+        assert chosen < rejected
+
+
 def test_rl_steps_count_prompts(setup, tmp_path):
     """Alignment by GRPO and perturbation by RLOO through TRL, rewarded by the scorer: Q1 and Q2 count prompts,
     every Q2 is measured once, the perturbed model has moved (KL to the aligned one's grows from 0)."""
@@ -339,6 +357,7 @@ def test_rl_steps_count_prompts(setup, tmp_path):
     (["--perturb", "rloo", "--scorer.name", ""], "--perturb rloo is rewarded by the scorer: set --scorer.name"),
     (["--perturb", "grpo", "--rl.prompts_per_step", "4"], "q2 6 is not a multiple of rl.prompts_per_step (4)"),
     (["--pairs", "PAIRS"], "pairs is read only by a preference objective"),
+    (["--on_policy", "true"], "on_policy makes a preference step's pairs: set --align or --perturb"),
     (["--q2", "0", "6", "40"], "q2 asks for 40 negative examples"),
     (["--scorer.name", "sentiment-magic"], "unknown scorer 'sentiment-magic'"),
     (["--prompts", "/nonexistent/prompts.jsonl"], "data file not found: /nonexistent/prompts.jsonl"),

@@ -114,6 +114,40 @@ def _train_tokens(pool: list[dict] | None, held: int, n: int, seeds, tok, max_le
     return sum(_tokens([train[i] for i in seed_order(len(train), s)[:n]], tok, max_length) for s in seeds), True
 
 
+def _pair_tokens(pool: list[dict] | None, n: int, seeds, tok, max_length: int) -> tuple[int, bool]:
+    """Input tokens of the first n pairs (both sides) of each seed's order, or 2 n max_length."""
+    if pool is None or tok is None:
+        return 2 * n * max_length * len(seeds), False
+    sides = [{"prompt": r["prompt"], "response": r[k]} for r in pool for k in ("chosen", "rejected")]
+    return sum(_tokens([sides[j] for i in seed_order(len(pool), s)[:n] for j in (2 * i, 2 * i + 1)], tok, max_length)
+               for s in seeds), True
+
+
+def _step(cfg, algorithm: str, pools: dict, side: str, n: int, runs: int, tok) -> dict:
+    """One rebound step's work by its objective: training tokens (exact where the data is here), the reference
+    pass of a preference objective, and the samples RL and on-policy pairs generate (bounds)."""
+    from elasticity.train.preference import PREFERENCE
+    from elasticity.train.rl import RL
+
+    t, ev, pol, seeds = cfg.train, cfg.eval, cfg.policy, list(cfg.seeds)
+    if algorithm in RL:
+        completions = n * cfg.rl.num_generations * len(seeds)
+        return {"training_tokens": completions * t.max_length * runs, "exact": False,
+                "rl_generated_tokens": completions * pol.max_new_tokens * runs}
+    if algorithm in PREFERENCE:
+        half = pools.get("pairs")
+        if half is not None:
+            half = half[: len(half) // 2] if side == "positive" else half[len(half) // 2:]
+        tokens, exact = _pair_tokens(None if cfg.on_policy else half, n, seeds, tok, t.max_length)
+        out = {"training_tokens": tokens * runs, "exact": exact and not cfg.on_policy,
+               "reference_tokens": tokens * runs if algorithm != "simpo" else 0}
+        if cfg.on_policy:  # at least two samples per pair (prompts whose samples tie are skipped)
+            out["on_policy_generated_tokens_at_least"] = 2 * n * len(seeds) * runs * pol.max_new_tokens
+        return out
+    tokens, exact = _train_tokens(pools.get(side), ev.pairs, n, seeds, tok, t.max_length)
+    return {"training_tokens": tokens * runs, "exact": exact}
+
+
 def _prompt_count(cfg, prepared) -> int | None:
     """Evaluation prompts: counted where the data is here; else the number the data section asks for."""
     if prepared is not None:
@@ -127,25 +161,27 @@ def _rebound_stages(cfg, prepared, model: Model) -> tuple[list[dict], dict]:
     prompts = _prompt_count(cfg, prepared)
     prompts = min(prompts, ev.prompts) if prompts is not None and ev.prompts else prompts
     pools = prepared.pools if prepared else {}
-    pos_tokens, exact_p = _train_tokens(pools.get("positive"), ev.pairs, max(q1), seeds, model.tokenizer, t.max_length)
-    neg_tokens, exact_n = _train_tokens(pools.get("negative"), ev.pairs, max(q2), seeds, model.tokenizer,
-                                        t.max_length)
-    neg_tokens *= len(q1)
+    align = _step(cfg, cfg.align, pools, "positive", max(q1), 1, model.tokenizer)
+    perturb = _step(cfg, cfg.perturb, pools, "negative", max(q2), len(q1), model.tokenizer)
+    pos_tokens, neg_tokens = align["training_tokens"], perturb["training_tokens"]
+    extra = sum(v for step in (align, perturb) for k, v in step.items() if k.endswith(("_tokens", "_at_least"))
+                and k != "training_tokens")
     measures = 1 + len(seeds) * len(q1) * len(q2)
     gens = None if prompts is None else measures * prompts * pol.samples_per_prompt
     sequences = measures * (2 * ev.pairs + ev.docs)
     stages = [
         {"stage": "rebound-base", "runs": 1, "generations": None if prompts is None else prompts *
          pol.samples_per_prompt, "measured_sequences": 2 * ev.pairs + ev.docs},
-        {"stage": "rebound-positive", "runs": len(seeds), "examples_each": max(q1), "checkpoints_each": len(q1),
-         "training_tokens": pos_tokens, "exact": exact_p},
-        {"stage": "rebound-negative", "runs": len(seeds) * len(q1), "examples_each": max(q2),
-         "measurements_each": len(q2), "training_tokens": neg_tokens, "exact": exact_n},
+        {"stage": "rebound-positive", "objective": cfg.align, "runs": len(seeds), "examples_each": max(q1),
+         "checkpoints_each": len(q1), **align},
+        {"stage": "rebound-negative", "objective": cfg.perturb, "runs": len(seeds) * len(q1),
+         "examples_each": max(q2), "measurements_each": len(q2), **perturb},
         {"stage": "rebound", "runs": 1, "writes": "results.csv, metrics.csv, tables and figures"},
     ]
     totals = {"training_tokens": pos_tokens + neg_tokens, "measurements": measures, "generations": gens,
               "generated_tokens_at_most": None if gens is None else gens * pol.max_new_tokens,
-              "measured_tokens_at_most": sequences * t.max_length * 2,  # the model and the base on each
+              "measured_tokens_at_most": sequences * t.max_length * 2 + extra,  # the model and the base on
+              # each, and the preference steps' reference pass and samples (RL's and on-policy pairs')
               "kept_checkpoints": len(seeds) * len(q1), "peak_run_checkpoints": len(q2) - 1}
     return stages, totals
 

@@ -211,9 +211,23 @@ def experiment_config(cfg: Suite, model: str, data: Run | None):
                                 f"needs as {key}")
             values[key] = str(data.file(f"{pool}.jsonl"))
         values["prompts"] = str(data.file("prompts.jsonl"))
+        if cfg.experiment == "rebound" and _reads_pairs(values):
+            if not data.file("pairs.jsonl").is_file():
+                raise UserError(f"data.dataset {cfg.data.dataset} gives no preference pairs, which --align "
+                                f"{values['align']} --perturb {values['perturb']} trains on: set on_policy true (the "
+                                "model's own samples ranked by the scorer) or give pairs")
+            values["pairs"] = str(data.file("pairs.jsonl"))
         if cfg.experiment == "rebound" and not cfg.heldout and data.file("heldout_text.jsonl").is_file():
             values["heldout"] = (str(data.file("heldout_text.jsonl")),)
     return EXPERIMENTS[cfg.experiment].Config(**values)
+
+
+def _reads_pairs(values: dict) -> bool:
+    """A rebound whose preference step trains on pairs from the data (not its own samples, not a given file)."""
+    from elasticity.train.preference import PREFERENCE
+
+    return (not values.get("pairs") and not values.get("on_policy")
+            and (values.get("align") in PREFERENCE or values.get("perturb") in PREFERENCE))
 
 
 def duplicates(identities: list[dict]) -> dict[str, str]:

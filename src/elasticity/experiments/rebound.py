@@ -40,7 +40,14 @@ from elasticity.config import InputPath
 from elasticity.data.records import load_records
 from elasticity.errors import UserError
 from elasticity.experiments.measurement import Kit
-from elasticity.experiments.rebound_steps import check_steps, preference_pools, run_rl, save_checkpoint, step_examples
+from elasticity.experiments.rebound_steps import (
+    check_steps,
+    preference_pools,
+    run_rl,
+    save_checkpoint,
+    step_examples,
+    step_records,
+)
 from elasticity.experiments.skeleton import (
     PAPER_TRAIN,
     ExperimentConfig,
@@ -98,6 +105,8 @@ class Config(ExperimentConfig):
     perturb: str = "sft"  # the perturbation's: sft on `negative`, a preference one on `pairs`' second half (sides
     # swapped), or rloo/grpo on `negative`'s prompts rewarded by the reversed scorer
     reverse: bool = False  # align toward the negative side and perturb toward the positive one; scores reversed
+    on_policy: bool = False  # a preference step's pairs are its starting model's own: two samples per prompt of the
+    # step's SFT file, the one the scorer rates higher (for that step) chosen, ties skipped; `pairs` is not read
     heldout: tuple[InputPath, ...] = ()  # held-out pre-training text files (text); the first measures alignment depth
     q1: tuple[int, ...] = (1000, 2000, 5000, 10000)  # positive example counts (the aligned models)
     q2: tuple[int, ...] = (0, 100, 200, 500, 1000, 2000)  # negative example counts at which each is measured
@@ -167,7 +176,7 @@ def check(cfg: Config) -> Data:
         pos, neg = neg, pos
     for name, pool, grid in (("positive", pos, q1), ("negative", neg, q2)):
         key = "q1" if name == "positive" else "q2"
-        if (cfg.align if key == "q1" else cfg.perturb) in PREFERENCE:
+        if (cfg.align if key == "q1" else cfg.perturb) in PREFERENCE and not cfg.on_policy:
             pool = align_pairs if key == "q1" else perturb_pairs
             if grid[-1] > len(pool):
                 raise UserError(f"{key} asks for {grid[-1]} pairs but half of {cfg.pairs} is {len(pool)} (the "
@@ -208,7 +217,8 @@ def _measure_key(cfg: Config, data: Data) -> dict:
 
 
 def _objective_key(cfg: Config, algorithm: str) -> dict:
-    settings = {"preference": cfg.preference} if algorithm in PREFERENCE else {"rl": cfg.rl} if algorithm in RL else {}
+    settings = ({"preference": cfg.preference, "on_policy": cfg.on_policy} if algorithm in PREFERENCE
+                else {"rl": cfg.rl} if algorithm in RL else {})
     return {"objective": algorithm, **settings}
 
 
@@ -235,22 +245,22 @@ def positive_stage(cfg: Config, data: Data, kit: Kit, seed: int, runs_root: Path
     def work(run: Run) -> None:
         model, tok = kit.models.fresh(cfg.model)
         model.train()
-        pool = data.align_pairs if cfg.align in PREFERENCE else data.positive
-        order = seed_order(len(pool), seed)[: data.q1[-1]]
+        records = step_records(cfg, cfg.align, data.positive, data.align_pairs, seed, data.q1[-1], model, tok,
+                               kit.scorer, run, perturb=False)
         marks = {}
-        say("rebound", f"seed {seed}: alignment by {cfg.align} on {len(order)} examples, checkpoints at Q1 = "
+        say("rebound", f"seed {seed}: alignment by {cfg.align} on {len(records)} examples, checkpoints at Q1 = "
                        f"{list(data.q1)}")
+        model.train()
         if cfg.align in RL:
             def on_mark(q, steps, tokens, m) -> None:
                 save_checkpoint(m, tok, run.file("checkpoints") / f"examples-{q}",
                                 {"step": steps, "examples": q, "tokens": tokens})
                 marks[q] = {"tokens": tokens, "steps": steps}
 
-            summary = run_rl(cfg.align, cfg, kit.scorer, model, tok, [pool[i]["prompt"] for i in order], data.q1,
-                             seed, run, on_mark, perturb=False)
+            summary = run_rl(cfg.align, cfg, kit.scorer, model, tok, [r["prompt"] for r in records], data.q1, seed,
+                             run, on_mark, perturb=False)
         else:
-            examples, objective = step_examples(cfg.align, pool, order, tok, tcfg.max_length, "positive",
-                                                 cfg.preference)
+            examples, objective = step_examples(cfg.align, records, tok, tcfg.max_length, "positive", cfg.preference)
 
             def on_step(progress, _model) -> None:
                 if progress.examples in data.q1:
@@ -267,7 +277,7 @@ def positive_stage(cfg: Config, data: Data, kit: Kit, seed: int, runs_root: Path
     key = {"train": tcfg, "held_out_pairs": cfg.eval.pairs, "fields": cfg.fields, "reverse": cfg.reverse,
            **_objective_key(cfg, cfg.align)}
     inputs = {"base": cfg.model, "positive": cfg.negative if cfg.reverse else cfg.positive,
-              **({"pairs": cfg.pairs} if cfg.align in PREFERENCE else {})}
+              **({"pairs": cfg.pairs} if cfg.align in PREFERENCE and not cfg.on_policy else {})}
     return stage(runs_root, "rebound-positive", key, inputs, work, seed=seed)
 
 
@@ -306,16 +316,14 @@ def negative_stage(cfg: Config, data: Data, kit: Kit, seed: int, q1: int, positi
                 p = kit.record(run, m, q1, seed, q, q, tokens, steps, None)
                 say("rebound", f"seed {seed} Q1={q1} Q2={q}: score {p.measurement.score:.3f}")
 
-            order = seed_order(len(data.negative), seed)[: marks[-1]]
-            run.write_json("summary.json", run_rl(cfg.perturb, cfg, kit.scorer, model, tok,
-                                                  [data.negative[i]["prompt"] for i in order], marks, seed, run,
+            prompts = [data.negative[i]["prompt"] for i in seed_order(len(data.negative), seed)[: marks[-1]]]
+            run.write_json("summary.json", run_rl(cfg.perturb, cfg, kit.scorer, model, tok, prompts, marks, seed, run,
                                                   on_mark, perturb=True))
         elif marks:
+            records = step_records(cfg, cfg.perturb, data.negative, data.perturb_pairs, seed, marks[-1], model, tok,
+                                   kit.scorer, run, perturb=True)
             model.train()
-            pool = data.perturb_pairs if cfg.perturb in PREFERENCE else data.negative
-            order = seed_order(len(pool), seed)[: marks[-1]]
-            examples, objective = step_examples(cfg.perturb, pool, order, tok, tcfg.max_length, "negative",
-                                                 cfg.preference)
+            examples, objective = step_examples(cfg.perturb, records, tok, tcfg.max_length, "negative", cfg.preference)
             run.write_json("summary.json", train(model, tok, examples, tcfg, run, on_step=on_step,
                                                  progress_bar=False, save_final=cfg.keep_models,
                                                  objective=objective))

@@ -12,13 +12,16 @@
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 from pathlib import Path
 
 from elasticity.data.records import load_records
 from elasticity.data.tokenize import tokenize_records
 from elasticity.errors import UserError
-from elasticity.files import write_json
+from elasticity.experiments.skeleton import seed_order
+from elasticity.files import read_jsonl, write_json, write_jsonl
+from elasticity.generate import generate
 from elasticity.scorers.registry import Reversed, score_bounds
 from elasticity.train.preference import ALGORITHMS, PREFERENCE, PreferenceConfig, PreferenceLoss, make_pairs
 from elasticity.train.rl import RL, rl_train
@@ -43,10 +46,13 @@ def check_steps(cfg) -> None:
 
 def preference_pools(cfg) -> tuple[list[dict], list[dict]]:
     """(the alignment's pairs, the perturbation's pairs), each with chosen = that step's target."""
-    if cfg.align not in PREFERENCE and cfg.perturb not in PREFERENCE:
+    if cfg.on_policy and cfg.align not in PREFERENCE and cfg.perturb not in PREFERENCE:
+        raise UserError(f"on_policy makes a preference step's pairs: set --align or --perturb to one of "
+                        f"{', '.join(PREFERENCE)}")
+    if cfg.on_policy or (cfg.align not in PREFERENCE and cfg.perturb not in PREFERENCE):
         if cfg.pairs:
-            raise UserError("pairs is read only by a preference objective: set --align or --perturb to one of "
-                            f"{', '.join(PREFERENCE)}, or drop pairs")
+            raise UserError("pairs is read only by a preference objective without on_policy: set --align or "
+                            f"--perturb to one of {', '.join(PREFERENCE)}, or drop pairs")
         return [], []
     if not cfg.pairs:
         raise UserError(f"--align {cfg.align} --perturb {cfg.perturb} trains on preference pairs: set --pairs to a "
@@ -59,10 +65,51 @@ def preference_pools(cfg) -> tuple[list[dict], list[dict]]:
     return records[:half], [dict(r, chosen=r["rejected"], rejected=r["chosen"]) for r in records[half:]]
 
 
-def step_examples(algorithm: str, records: list[dict], order: list[int], tok, max_length: int, name: str,
+def step_records(cfg, algorithm: str, sft_pool: list[dict], pair_pool: list[dict], seed: int, need: int, model, tok,
+                 scorer, run, perturb: bool) -> list[dict]:
+    """The step's first `need` training records in the seed's order: SFT records, pairs from the file, or (with
+    on_policy) the starting model's own pairs, kept in the run (`on_policy_pairs.jsonl`) for a resumed run."""
+    file_pairs = algorithm in PREFERENCE and not cfg.on_policy
+    pool = pair_pool if file_pairs else sft_pool
+    records = [pool[i] for i in seed_order(len(pool), seed)]
+    if algorithm not in PREFERENCE or file_pairs:
+        return records[:need]
+    kept = run.file("on_policy_pairs.jsonl")
+    if kept.is_file():
+        return read_jsonl(kept)[:need]
+    reward = Reversed(scorer, score_bounds(cfg.scorer)) if perturb else scorer
+    pairs = on_policy_pairs(model, tok, [r["prompt"] for r in records], reward, cfg.policy, need,
+                            cfg.eval.score_prompt)
+    write_jsonl(kept, pairs)
+    return pairs
+
+
+def on_policy_pairs(model, tok, prompts: list[str], scorer, policy, need: int, score_prompt: bool) -> list[dict]:
+    """Two samples of each prompt in turn (the decoding policy's, seeds apart from the measurement's), the higher
+    scored one chosen, until `need` pairs; prompts whose two samples score the same are skipped.
+
+    Raises:
+        UserError: the prompts ran out before `need` pairs.
+    """
+    sampling = dataclasses.replace(policy, samples_per_prompt=2, seed=policy.seed + 1_000_003)
+    out: list[dict] = []
+    chunk = max(need, 8)
+    for start in range(0, len(prompts), chunk):
+        rows = generate(model, tok, prompts, sampling, indices=list(range(start, min(start + chunk, len(prompts)))))
+        scores = scorer.score([r["prompt"] + r["response"] if score_prompt else r["response"] for r in rows])
+        for (a, sa), (b, sb) in zip(zip(rows[::2], scores[::2]), zip(rows[1::2], scores[1::2])):
+            if sa != sb and len(out) < need:
+                hi, lo = (a, b) if sa > sb else (b, a)
+                out.append({"prompt": a["prompt"], "chosen": hi["response"], "rejected": lo["response"]})
+        if len(out) == need:
+            return out
+    raise UserError(f"on-policy pairs: {len(prompts)} prompts gave only {len(out)} pairs the scorer tells apart, "
+                    f"{need} needed: lower the grid or give pairs from a file")
+
+
+def step_examples(algorithm: str, chosen: list[dict], tok, max_length: int, name: str,
                   preference: PreferenceConfig):
     """(the step's training examples, its objective): SFT examples, or pairs with their preference loss."""
-    chosen = [records[i] for i in order]
     if algorithm == "sft":
         return tokenize_records(chosen, tok, max_length, name), None
     return make_pairs(chosen, tok, max_length, algorithm), PreferenceLoss(algorithm, preference)
