@@ -9,13 +9,13 @@
 # 1 h 35 min on the project's 2-core CPU machine (the sum of each step's time, measured one by one); a step reuses
 # whatever stage an earlier one finished (the demo's model and rebound serve scaling, the scaling ladder the sweep).
 #
-# Steps: demo scaling sweep ladder resistance4 bench
+# Steps: demo scaling sweep ladder resistance4 algorithms algorithms_rl bench
 set -euo pipefail
 
 OUT=$(realpath -m "${1:?usage: scripts/readme_runs.sh OUT [COMMIT] [STEPS...]}")
 COMMIT=${2:-HEAD}
 shift $(( $# > 1 ? 2 : 1 ))
-STEPS=${*:-demo scaling sweep ladder resistance4 bench}
+STEPS=${*:-demo scaling sweep ladder resistance4 algorithms algorithms_rl bench}
 REPO=$(git -C "$(dirname "$0")" rev-parse --show-toplevel)
 
 mkdir -p "$OUT"
@@ -47,11 +47,13 @@ for step in $STEPS; do
     resistance4) W=$(world); timed resistance4 .venv/bin/elasticity resistance --config configs/resistance-demo.yaml \
         --model "$(final_1m)" --alignment "$W/sft_positive.jsonl" --prompts "$W/eval_prompts.jsonl" \
         --scorer.world "$W" --prompt_limit 0 --policy.samples_per_prompt 4 --eval.loss_window 20 ;;
+    algorithms) timed algorithms .venv/bin/elasticity algorithms --config configs/algorithms-world.yaml ;;
+    algorithms_rl) timed algorithms_rl .venv/bin/elasticity algorithms --config configs/algorithms-rl-world.yaml ;;
     bench) .venv/bin/python -m pip install -q -e '.[bench]'
       timed bench_train .venv/bin/python benchmarks/train_vs_trl.py
       timed bench_compress .venv/bin/python benchmarks/compress_vs_lm_eval.py --docs 200 --repeats 3 \
         --max-length 64 256 1024 ;;
-    *) echo "readme_runs: unknown step '$step' (steps: demo scaling sweep ladder resistance4 bench)" >&2; exit 2 ;;
+    *) echo "readme_runs: unknown step '$step' (steps: demo scaling sweep ladder resistance4 algorithms algorithms_rl bench)" >&2; exit 2 ;;
   esac
 done
 echo "[readme_runs] done: $OUT" >&2
