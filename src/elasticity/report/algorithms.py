@@ -3,9 +3,10 @@
     heatmap.csv / .jsonl   order, algorithm, q1, q2, score (mean over seeds) with its 95% t-interval, n
     heatmaps.png           the paper's Figure 7/8 form: Q1 x Q2 -> score, one panel per order and algorithm
     metrics.csv / .jsonl   every rebound's elasticity metrics (see `analysis.rebound`), keyed by order, algorithm
-    ordering.csv, .md      per order, algorithm and space: does rebound's ordering hold? (a) more alignment, more
-                           negatives to fall back (samples_to_revert rises with Q1, score space); (b) fast then
-                           slow (initial slope steeper than the late one: slope_ratio above 1, its interval too)
+    ordering.csv, .md      per order, algorithm and space: rebound's ordering along Q1, as trends per decade of Q1
+                           with their intervals: the negatives to fall back (up / down / unclear) and the initial
+                           slope; the slope ratio per Q1 (fast then slow where its interval lies above 1); and
+                           whether both directions are the SFT perturbation's (does the ordering hold?)
     summary.txt            the table in words
 """
 
@@ -39,25 +40,48 @@ def heatmap_rows(order: str, algorithm: str, rows: list[dict]) -> list[dict]:
     return out
 
 
+def _direction(row: dict | None) -> str:
+    """up / down by the trend's 95% interval (per decade of Q1), else "unclear" (or "-" without the metric)."""
+    if row is None or not math.isfinite(row["mean"]):
+        return "-"
+    return "up" if row["lo"] > 0 else "down" if row["hi"] < 0 else "unclear"
+
+
+def _interval(row: dict | None) -> str:
+    return "-" if row is None or not math.isfinite(row["mean"]) else f"{row['mean']:.3g} [{row['lo']:.3g}, {row['hi']:.3g}]"
+
+
 def ordering_rows(order: str, algorithm: str, metrics: list[dict]) -> list[dict]:
-    """Per space: samples_to_revert per Q1 (rises with Q1?) and slope_ratio per Q1 (above 1, interval above 1?)."""
+    """Per space, rebound's ordering along Q1 as the trends per decade of Q1 (t-intervals over seeds) give it: the
+    negatives to fall back to the base (score; KL: below epsilon) and the initial slope, each with a direction,
+    beside their per-Q1 means and the Q1s whose slope ratio (initial / late) lies above 1 with its interval."""
     out = []
-    metrics = [m for m in metrics if isinstance(m["q1"], int)]  # the base-level metrics are keyed "base"
+    per_q1 = [m for m in metrics if isinstance(m["q1"], int)]  # the base-level metrics are keyed "base"
+    trend = {(m["view"], m["metric"]): m for m in metrics if m["group"] == "trend"}
     for space in SPACES:
-        revert = sorted((m["q1"], m["mean"]) for m in metrics
+        revert = sorted((m["q1"], m["mean"]) for m in per_q1
                         if m["view"] == space and m["metric"] == "samples_to_revert")
-        ratio = sorted((m["q1"], m["mean"], m["lo"]) for m in metrics
+        ratio = sorted((m["q1"], m["mean"], m["lo"]) for m in per_q1
                        if m["view"] == space and m["metric"] == "slope_ratio")
-        means = [v for _, v in revert]
-        rises = (all(math.isfinite(v) for v in means) and len(means) > 1
-                 and all(b > a for a, b in zip(means, means[1:])))
         out.append({"order": order, "algorithm": algorithm, "space": space,
                     "samples_to_revert": " / ".join(f"{v:.0f}" if math.isfinite(v) else "not reached"
-                                                    for _, v in revert),
-                    "revert_rises_with_q1": rises if revert else None,
+                                                    for _, v in revert) or "-",
+                    "revert_per_decade": _interval(trend.get((space, "samples_to_revert"))),
+                    "revert_direction": _direction(trend.get((space, "samples_to_revert"))),
+                    "initial_slope_per_decade": _interval(trend.get((space, "initial_slope"))),
+                    "initial_slope_direction": _direction(trend.get((space, "initial_slope"))),
                     "slope_ratio": " / ".join(f"{v:.3g}" for _, v, _ in ratio),
                     "fast_then_slow_q1": " ".join(str(q) for q, v, lo in ratio if math.isfinite(lo) and lo > 1)})
     return out
+
+
+def same_as_sft(ordering: list[dict]) -> None:
+    """Mark each row with whether its directions are the SFT perturbation's in the same order and space."""
+    sft = {(o["order"], o["space"]): o for o in ordering if o["algorithm"] == "sft"}
+    for o in ordering:
+        ref = sft.get((o["order"], o["space"]))
+        o["same_as_sft"] = None if ref is None or o is ref else all(
+            o[k] == ref[k] for k in ("revert_direction", "initial_slope_direction"))
 
 
 def _plot(heat: list[dict], orders, algorithms, path) -> None:
@@ -100,21 +124,27 @@ def write_algorithms(run: Run, runs: dict[tuple[str, str], Run], orders, algorit
         own = json.loads(r.file("metrics.json").read_text())["metrics"]
         metrics += [{"order": order, "algorithm": algorithm, **m} for m in own]
         ordering += ordering_rows(order, algorithm, own)
+    same_as_sft(ordering)
     for name, rows in (("heatmap", heat), ("metrics", metrics), ("ordering", ordering)):
         run.write_text(f"{name}.csv", csv_text(rows))
         run.write_text(f"{name}.jsonl", jsonl_text(rows))
     _plot(heat, orders, algorithms, run.file("heatmaps.png"))
-    head = "| order | algorithm | space | negatives to revert (per Q1) | rises with Q1 | slope ratio | fast-then-slow Q1 |"
-    lines = [head, "|---|---|---|---|---|---|---|"]
+    head = ("| order | algorithm | space | negatives to revert per Q1 | per decade of Q1 | | initial slope per decade "
+            "of Q1 | | slope ratio per Q1 | fast-then-slow Q1 | same as SFT |")
+    lines = [head, "|---|---|---|---|---|---|---|---|---|---|---|"]
     for o in ordering:
         lines.append(f"| {o['order']} | {o['algorithm']} | {o['space']} | {o['samples_to_revert']} | "
-                     f"{o['revert_rises_with_q1']} | {o['slope_ratio']} | {o['fast_then_slow_q1'] or '-'} |")
+                     f"{o['revert_per_decade']} | {o['revert_direction']} | {o['initial_slope_per_decade']} | "
+                     f"{o['initial_slope_direction']} | {o['slope_ratio']} | {o['fast_then_slow_q1'] or '-'} | "
+                     f"{'-' if o['same_as_sft'] is None else o['same_as_sft']} |")
     run.write_text("ordering.md", "\n".join(lines) + "\n")
     summary = []
     for order in orders:
         for algorithm in algorithms:
             o = next(x for x in ordering if (x["order"], x["algorithm"], x["space"]) == (order, algorithm, "score"))
             summary.append(f"{order} / {algorithm}: negatives to fall back to the base score {o['samples_to_revert']}"
-                           f" (rises with Q1: {o['revert_rises_with_q1']}); slope ratio {o['slope_ratio']}")
+                           f" per Q1, {o['revert_per_decade']} per decade of Q1 ({o['revert_direction']}); initial "
+                           f"slope {o['initial_slope_per_decade']} per decade ({o['initial_slope_direction']})"
+                           + ("" if o["same_as_sft"] is None else f"; same ordering as SFT: {o['same_as_sft']}"))
     summary.append(f"heatmaps: {run.file('heatmaps.png')}; ordering: {run.file('ordering.md')}")
     run.write_text("summary.txt", "\n".join(summary) + "\n")
