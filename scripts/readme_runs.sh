@@ -6,8 +6,9 @@
 # clones this repository at COMMIT (default HEAD) into OUT/clone, runs the steps in order (default all of them)
 # and writes each step's stdout, stderr and `/usr/bin/time -v` figures to OUT/<step>.out / .err. An experiment prints
 # its result directory last, so OUT/<step>.out's last line is where its numbers are. All the steps take about
-# 1 h 35 min on the project's 2-core CPU machine (the sum of each step's time, measured one by one); a step reuses
-# whatever stage an earlier one finished (the demo's model and rebound serve scaling, the scaling ladder the sweep).
+# 2 h on the project's 2-core CPU machine (the sum of each step's time, measured one by one); a step reuses
+# whatever stage an earlier one finished (the demo's model and rebound serve scaling and the algorithms, the scaling
+# ladder the sweep).
 #
 # Steps: demo scaling sweep ladder resistance4 algorithms algorithms_rl bench
 set -euo pipefail
