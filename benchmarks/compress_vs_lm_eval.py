@@ -5,8 +5,9 @@ Both score the same documents with the same local tiny LLaMA (the "5m" preset, s
 lm-eval with `HFLM.loglikelihood_rolling` (`add_bos_token=False`, so both read `[BOS] + text tokens`).
 The two must agree to 1e-6 relative in bits/byte. Each context length is timed with interleaved repeats;
 tokens/s are scored tokens over the median wall time and over the median CPU time of the process (the
-latter is steadier on a machine shared with other jobs). Results go to
-benchmarks/results/compress_vs_lm_eval.json.
+latter is steadier on a machine shared with other jobs). It also counts the input positions each side's
+forward passes read (lm-eval's padded batches against no padding): their ratio bounds what batching can
+gain. Results go to benchmarks/results/compress_vs_lm_eval.json.
 
     .venv/bin/pip install 'lm-eval>=0.4.9,<0.5'        # the `bench` extra
     .venv/bin/python benchmarks/compress_vs_lm_eval.py
@@ -73,7 +74,7 @@ def main() -> None:
     from lm_eval.api.metrics import bits_per_byte
     from lm_eval.models.huggingface import HFLM
 
-    from elasticity.codelength import document_nats, rolling_nll
+    from elasticity.codelength import document_nats, rolling_nll, rolling_windows
     from elasticity.models.hf import load_causal_lm
     from elasticity.models.tiny import build_tiny_model, count_parameters, train_tokenizer
 
@@ -115,6 +116,7 @@ def main() -> None:
             rel = abs(totals.bits_per_byte - bpb_theirs) / abs(bpb_theirs)
             med_w = {k: statistics.median(v) for k, v in wall.items()}
             med_c = {k: statistics.median(v) for k, v in cpu.items()}
+            reads = _positions_read(_lengths(tok, texts), L, args.batch_size, rolling_windows)
             run = {
                 "max_length": L,
                 "scored_tokens": totals.tokens,
@@ -122,6 +124,7 @@ def main() -> None:
                 "bits_per_byte": {"elasticity": totals.bits_per_byte, "lm_eval": bpb_theirs,
                                   "relative_difference": rel},
                 "max_abs_doc_nats_difference": max(abs(a + b) for a, b in zip(per_doc, ll)),
+                "positions_read": reads,
                 "wall_seconds": wall,
                 "cpu_seconds": cpu,
                 "tokens_per_s_wall": {k: totals.tokens / v for k, v in med_w.items()},
@@ -133,6 +136,8 @@ def main() -> None:
             print(f"context {L}: {totals.tokens} tokens in {len(texts)} documents, batch {args.batch_size}")
             print(f"  bits/byte  elasticity {totals.bits_per_byte:.9f}  lm-eval {bpb_theirs:.9f}  "
                   f"relative difference {rel:.2e}")
+            print(f"  positions read  lm-eval {reads['lm_eval']:,}  without padding {reads['unpadded']:,}  "
+                  f"(ceiling of the speedup from padding alone {reads['padding_ceiling']:.2f}x)")
             for clock in ("wall", "cpu"):
                 tps = run[f"tokens_per_s_{clock}"]
                 print(f"  tokens/s ({clock:4s})  elasticity {tps['elasticity']:8,.0f}  lm-eval {tps['lm_eval']:8,.0f}"
@@ -176,6 +181,18 @@ def main() -> None:
     worst = max(r["bits_per_byte"]["relative_difference"] for r in runs)
     if worst > 1e-6:
         raise SystemExit(f"values disagree: relative difference {worst:.2e} > 1e-6")
+
+
+def _positions_read(lengths: list[int], L: int, batch_size: int, rolling_windows) -> dict:
+    """Input positions each side runs the model over (the same windows on both sides).
+
+    lm-eval batches `batch_size` consecutive windows in document order and pads each batch to its longest;
+    without padding, a forward pass reads each window's own length (our batches add a little padding to
+    this). Both run the same model forward per position, so their ratio bounds what batching can gain.
+    """
+    widths = [end - 1 - lo for n in lengths for lo, _, end in rolling_windows(n + 1, 1, L)]
+    lm = sum(len(widths[i:i + batch_size]) * max(widths[i:i + batch_size]) for i in range(0, len(widths), batch_size))
+    return {"lm_eval": lm, "unpadded": sum(widths), "padding_ceiling": lm / sum(widths)}
 
 
 def _lengths(tok, texts: list[str]) -> list[int]:

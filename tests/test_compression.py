@@ -196,6 +196,24 @@ def test_batched_scoring_equals_one_window_at_a_time(tok):
             assert got == pytest.approx(-logp.gather(1, torch.tensor(seq[1:])[:, None]).sum().item(), rel=1e-5)
 
 
+def test_batching_across_documents_equals_one_document_at_a_time(tok):
+    """Windows of all documents share batches (sorted by length, under one token budget): each document's nats
+    equal scoring it alone, whatever the batch size, and so do the pooled totals. Equal to float32 rounding,
+    not bit for bit: a window's logits depend on its batch's shape (matmul blocking, padded width) by about one
+    float32 ulp (up to 8e-8 relative per document measured here), so the bound is lm-eval's 1e-6."""
+    model = build_tiny_model("0.2m", V, 64, seed=3).eval()
+    docs = ["a" * 40, "short", "a medium length document.", "x", "mixed ünïcode text " * 3,
+            "the quick brown fox " * 7, "ok"]
+    seqs = [[tok.bos_token_id] + tok(d, add_special_tokens=False)["input_ids"] for d in docs]
+    for L in (4, 12, 64):  # many windows a document, a few, one
+        alone = [score_sequences(model, [s], [1], L, 1)[0][0] for s in seqs]
+        for batch_size in (1, 2, 3, 8, 64):
+            nats, _ = score_sequences(model, seqs, [1] * len(seqs), L, batch_size)
+            assert nats.tolist() == pytest.approx(alone, rel=1e-6)
+            total = rolling_nll(model, tok, docs, max_length=L, batch_size=batch_size)
+            assert total.nats == pytest.approx(math.fsum(alone), rel=1e-6)
+
+
 def test_bits_per_byte_pools_nats_and_bytes_over_documents(tok):
     model = build_tiny_model("0.2m", V, 64, seed=4).eval()
     nats, lengths = document_nats(model, tok, DOCS, max_length=4)
