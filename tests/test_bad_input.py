@@ -37,6 +37,10 @@ def files(tiny_assets, paper_assets, tmp_path_factory) -> dict[str, Path]:
                                       bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id))
     gpt2.save_pretrained(root / "learned-positions")  # a table of 24 positions
     tok.save_pretrained(root / "learned-positions")
+    (root / "orphan-adapter").mkdir()  # a LoRA adapter whose base model is not there
+    (root / "orphan-adapter" / "adapter_config.json").write_text(json.dumps(
+        {"base_model_name_or_path": str(root / "gone"), "peft_type": "LORA", "r": 4}))
+    tok.save_pretrained(root / "orphan-adapter")
     rng = random.Random(0)
     words = "the movie was good bad plot actor scene film it".split()
     pairs = [{"prompt": " ".join(rng.choice(words) for _ in range(4)),
@@ -48,6 +52,7 @@ def files(tiny_assets, paper_assets, tmp_path_factory) -> dict[str, Path]:
 
     out = {"root": root, "model": root / "model", "small_embedding": root / "small-embedding",
            "short_context": root / "short-context", "learned_positions": root / "learned-positions",
+           "orphan_adapter": root / "orphan-adapter",
            "tok": tiny_assets["tok"], "sft": tiny_assets["sft"],
            "text": tiny_assets["text"], "pairs": jsonl("pairs.jsonl", pairs),
            "prompts": jsonl("prompts.jsonl", [{"prompt": p["prompt"]} for p in pairs[:12]]),
@@ -162,6 +167,18 @@ CASES = {
     "log every 0 steps": (lambda f: _train(f, "--train.log_every", "0"), "train.log_every must be >= 1"),
     "gradient clip 0": (lambda f: _train(f, "--train.max_grad_norm", "0"), "train.max_grad_norm must be > 0"),
     "negative LoRA rank": (lambda f: _train(f, "--model.lora_r", "-1"), "model.lora_r must be >= 0"),
+    "LoRA on a preset built from scratch": (lambda f: _train(f, "--model.lora_r", "4"),
+                                            "model.lora_r trains adapters on an existing model"),
+    "rebound negative LoRA rank": (lambda f: _rebound(f, "--lora.r", "-1"), "lora.r must be >= 0 (0 = train every"),
+    "rebound LoRA alpha 0": (lambda f: _rebound(f, "--lora.r", "4", "--lora.alpha", "0"), "lora.alpha must be > 0"),
+    "rebound LoRA targets matching nothing": (lambda f: _rebound(f, "--lora.r", "4", "--lora.targets", "q_proj"),
+                                              "lora.targets 'q_proj': Target modules q_proj not found"),
+    "resistance LoRA dropout 1": (lambda f: _resistance(f, "--lora.r", "4", "--lora.dropout", "1"),
+                                  "lora.dropout must be in [0, 1)"),
+    "resistance LoRA targets no regex": (lambda f: _resistance(f, "--lora.r", "4", "--lora.targets", "(q"),
+                                         "lora.targets '(q' is not a regular expression"),
+    "adapter whose base is gone": (lambda f: _rebound(f, "--model", str(f["orphan_adapter"])),
+                                   "orphan-adapter applies to"),
     "LoRA alpha 0": (lambda f: _train(f, "--model.lora_r", "4", "--model.lora_alpha", "0"), "model.lora_alpha"),
     # models
     "tokenizer larger than the embedding": (

@@ -20,7 +20,7 @@ pytestmark = pytest.mark.slow
 # Files whose bytes are the results; timings (meta.json, summary.json, the world card's timings), the configs'
 # paths and the lock are not.
 RESULTS = ("*.jsonl", "*.csv", "table.json", "table.md", "revert.md", "metrics.md", "grammar.json",
-           "model.safetensors", "tokenizer.json", "marks.json", "savings.json")
+           "model.safetensors", "adapter_model.safetensors", "tokenizer.json", "marks.json", "savings.json")
 
 
 def _start(args: list[str]) -> subprocess.Popen:
@@ -109,7 +109,10 @@ def test_a_killed_pre_training_reruns_to_the_same_bytes(tmp_path):
                                       tmp_path, seed=1, progress="train-*/metrics.jsonl")
 
 
-def test_a_killed_rebound_reruns_to_the_same_bytes(tiny_assets, tmp_path):
+# LoRA (about 2.5 minutes more; test_rebound resumes a LoRA run in seconds): adapters as the aligned checkpoints
+@pytest.mark.parametrize("lora", [pytest.param([], id="full"),
+                                  pytest.param(["--lora.r", "4"], id="lora", marks=pytest.mark.long)])
+def test_a_killed_rebound_reruns_to_the_same_bytes(tiny_assets, tmp_path, lora):
     from elasticity.models.hf import load_tokenizer
     from elasticity.models.tiny import build_tiny_model
 
@@ -131,5 +134,5 @@ def test_a_killed_rebound_reruns_to_the_same_bytes(tiny_assets, tmp_path):
             "--scorer.name", "vader", "--q1", "8", "16", "--q2", "0", "4", "8", "12", "--seeds", "0", "1",
             "--eval.pairs", "4", "--eval.docs", "4", "--train.lr", "0.003", "--train.batch_size", "4",
             "--train.max_length", "64", "--policy.max_new_tokens", "6", "--metrics.early_q2", "4",
-            "--metrics.late_q2", "8"]
+            "--metrics.late_q2", "8", *lora]
     _interrupted_equals_uninterrupted(args, tmp_path / "runs", seed=2, progress="rebound-negative-*/points.jsonl")

@@ -9,6 +9,7 @@ import random
 import re
 
 import pytest
+import torch
 
 from elasticity.analysis import curves as em
 from elasticity.experiments.rebound import Config, Evaluation, Metrics, rebound_stage
@@ -348,6 +349,123 @@ def test_rl_steps_count_prompts(setup, tmp_path):
     assert json.loads((aligned / "marks.json").read_text())["8"]["steps"] == 4
     assert rows[0]["kl_response"] == 0 and all(r["kl_response"] > 0 for r in rows[1:])
     assert not any(p.name == "trl" for p in aligned.iterdir())
+
+
+# ---- LoRA ---------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def lora(setup, tmp_path_factory):
+    """A rebound with rank-4 LoRA adapters (one seed, Q1 = 8), and a copy of every trained model's weights as
+    it was handed to training: (config, rebound run, [(model, weights before)])."""
+    from elasticity.experiments.skeleton import Models
+    from elasticity.models.spec import LoraSettings
+
+    cfg, _ = setup
+    cfg = dataclasses.replace(cfg, lora=LoraSettings(r=4), q1=(8,), seeds=(0,))
+    trained, trainable = [], Models.trainable
+
+    def keep(self, source, seed=0):
+        model, tok = trainable(self, source, seed)
+        trained.append((model, {k: v.clone() for k, v in model.state_dict().items()}))
+        return model, tok
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(Models, "trainable", keep)
+        run = rebound_stage(cfg, tmp_path_factory.mktemp("lora") / "runs")
+    return cfg, run, trained
+
+
+def test_a_lora_rebound_trains_the_adapters_alone_and_keeps_them_as_checkpoints(lora):
+    from pathlib import Path
+
+    from elasticity.models.hf import load_causal_lm
+
+    cfg, run, trained = lora
+    rows = _rows(run)
+    assert [(r["q1"], r["q2"]) for r in rows] == [(0, 0), (8, 0), (8, 6), (8, 12)]
+    assert all(r["kl_response"] > 0 for r in rows[1:])  # the adapters moved the model
+    assert len(trained) == 2  # the alignment and the perturbation: only trained models are wrapped
+    for model, before in trained:
+        after = model.state_dict()
+        lora_keys = [k for k in after if "lora_" in k]
+        assert lora_keys and all(not torch.equal(after[k], before[k]) for k in lora_keys if "lora_B" in k)
+        assert all(torch.equal(after[k], before[k]) for k in after if "lora_" not in k)  # base weights untouched
+    (aligned,) = run.path.parent.glob("rebound-positive-*")
+    checkpoint = aligned / "checkpoints" / "examples-8"
+    assert not (checkpoint / "model.safetensors").exists()
+    config = json.loads((checkpoint / "adapter_config.json").read_text())
+    assert config["base_model_name_or_path"] == str(Path(cfg.model).resolve()) and config["r"] == 4
+    adapter, full = (checkpoint / "adapter_model.safetensors").stat().st_size, (Path(cfg.model) /
+                                                                                 "model.safetensors").stat().st_size
+    assert 1_000 < adapter < full / 5  # a full checkpoint is the model's size
+    merged, tok = load_causal_lm(str(checkpoint))
+    base, _ = load_causal_lm(cfg.model)
+    ids = tok("the movie was good", return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        assert not torch.allclose(merged(ids).logits, base(ids).logits)
+
+
+def test_lora_makes_the_trained_stages_other_stages(setup, monkeypatch):
+    """A LoRA run never reuses a full fine-tune's aligned or perturbed runs (the base measurement it may); without
+    LoRA the trained stages' keys are what they were before the option existed."""
+    from elasticity.experiments import rebound
+    from elasticity.models.spec import LoraSettings
+
+    cfg, _ = setup
+    keys: dict[str, list] = {}
+    monkeypatch.setattr(rebound, "stage", lambda root, name, key, *a, **k: keys.setdefault(name, []).append(key))
+    rebound_stage(cfg, setup[1] / "unused")
+    full, keys = keys, {}
+    rebound_stage(dataclasses.replace(cfg, lora=LoraSettings(r=4)), setup[1] / "unused")
+    assert full["rebound-base"] == keys["rebound-base"]
+    for name in ("rebound-positive", "rebound-negative"):
+        assert all("lora" not in k for k in full[name]) and all(k["lora"].r == 4 for k in keys[name])
+        assert all(a != b for a, b in zip(full[name], keys[name]))
+
+
+def test_an_interrupted_lora_rebound_resumes_from_its_adapters(lora, setup, tmp_path, monkeypatch):
+    """Killed inside the perturbation after Q2 = 6: the resume state holds the adapters, and the resumed run
+    measures Q2 = 12 exactly as the uninterrupted one."""
+    from elasticity.experiments.measurement import Evaluator
+
+    cfg, uninterrupted, _ = lora
+    measure, calls = Evaluator.measure, []
+
+    def crash_on_fourth(self, model):
+        calls.append(1)
+        if len(calls) == 4:  # base, Q2 = 0 and 6, then Q2 = 12 inside the training loop
+            raise KeyboardInterrupt
+        return measure(self, model)
+
+    monkeypatch.setattr(Evaluator, "measure", crash_on_fourth)
+    with pytest.raises(KeyboardInterrupt):
+        rebound_stage(cfg, tmp_path)
+    (crashed,) = tmp_path.glob("rebound-negative-*")
+    state = torch.load(crashed / "resume.pt", weights_only=True)["model"]
+    assert any("lora_A" in k for k in state)
+    monkeypatch.setattr(Evaluator, "measure", measure)
+    got, want = _rows(rebound_stage(cfg, tmp_path)), _rows(uninterrupted)
+    assert len(got) == len(want)
+    for a, b in zip(got, want):
+        for key in MEASURED:
+            assert a[key] == b[key], (a["q2"], key)
+
+
+def test_rl_trains_lora_adapters_through_trl(setup, tmp_path):
+    from elasticity.models.spec import LoraSettings
+    from elasticity.train.rl import RLConfig
+
+    cfg, _ = setup
+    rl = dataclasses.replace(cfg, align="grpo", perturb="rloo", q1=(8,), q2=(0, 4), seeds=(0,),
+                             rl=RLConfig(prompts_per_step=2, num_generations=4), lora=LoraSettings(r=4))
+    rows = _rows(rebound_stage(rl, tmp_path / "runs"))
+    assert [(r["q2"], r["steps"]) for r in rows if r["q1"]] == [(0, 0), (4, 2)]
+    assert all(r["kl_response"] > 0 for r in rows[1:])
+    (aligned,) = (tmp_path / "runs").glob("rebound-positive-*")
+    # the trained adapter alone (not TRL's frozen copy, its KL reference)
+    assert sorted(p.name for p in (aligned / "checkpoints" / "examples-8").iterdir()) == [
+        "adapter_config.json", "adapter_model.safetensors", "progress.json", "tokenizer.json", "tokenizer_config.json"]
 
 
 @pytest.mark.parametrize("flags, message", [

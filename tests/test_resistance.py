@@ -6,6 +6,7 @@ import csv
 import json
 import math
 import random
+from dataclasses import replace
 
 import pytest
 from conftest import write_jsonl
@@ -170,6 +171,20 @@ def test_result_files_are_the_recorded_ones(full):
     from conftest import assert_matches_golden
 
     assert_matches_golden(full.path, ["results.csv", "table.csv", "difficulty.csv", "curves.csv"], "resistance")
+
+
+def test_a_lora_resistance_fine_tunes_adapters_on_merged_slices(setup, tmp_path):
+    """Slices are adapters of the base; every path trains a new adapter on its merged start slice."""
+    from elasticity.models.spec import LoraSettings
+
+    cfg, _ = setup
+    run = resistance_stage(replace(cfg, lora=LoraSettings(r=4), seeds=(0,), slices=2), tmp_path / "runs")
+    assert (run.path / "results.csv").is_file()
+    (slices,) = (tmp_path / "runs").glob("resistance-slices-*")
+    for checkpoint in (slices / "checkpoints").iterdir():
+        assert (checkpoint / "adapter_model.safetensors").is_file() and not (checkpoint / "model.safetensors").exists()
+    ends = [json.loads(p.read_text()) for p in (tmp_path / "runs").glob("resistance-path-*/path.json")]
+    assert sorted(e["direction"] for e in ends) == ["forward", "inverse"] and all(e["kl_moved"] > 0 for e in ends)
 
 
 @pytest.mark.parametrize("flags, message", [

@@ -102,6 +102,8 @@ def generate(model, tok, prompts: list[str], policy: DecodingPolicy, indices: li
     sample is the one a run over all prompts draws for that (prompt_index, sample_index).
     """
     policy.check()
+    # a peft wrapper's forward hides the model's signature (the cache argument below); its LoRA layers are in place
+    model = model.get_base_model() if hasattr(model, "get_base_model") else model
     model.eval()
     device = next(model.parameters()).device
     wanted = range(len(prompts)) if indices is None else indices

@@ -54,6 +54,7 @@ from elasticity.experiments.skeleton import (
     check_experiment,
     check_lengths,
     command,
+    lora_key,
     read_pairs,
     read_prompts,
     say,
@@ -219,7 +220,7 @@ def _measure_key(cfg: Config, data: Data) -> dict:
 def _objective_key(cfg: Config, algorithm: str) -> dict:
     settings = ({"preference": cfg.preference, "on_policy": cfg.on_policy} if algorithm in PREFERENCE
                 else {"rl": cfg.rl} if algorithm in RL else {})
-    return {"objective": algorithm, **settings}
+    return {"objective": algorithm, **settings, **lora_key(cfg)}
 
 
 def _inputs(cfg: Config) -> dict:
@@ -243,8 +244,7 @@ def positive_stage(cfg: Config, data: Data, kit: Kit, seed: int, runs_root: Path
     tcfg = _train_cfg(cfg, seed, data.q1)
 
     def work(run: Run) -> None:
-        model, tok = kit.models.fresh(cfg.model)
-        model.train()
+        model, tok = kit.models.trainable(cfg.model, seed)
         records = step_records(cfg, cfg.align, data.positive, data.align_pairs, seed, data.q1[-1], model, tok,
                                kit.scorer, run, perturb=False)
         marks = {}
@@ -293,7 +293,7 @@ def negative_stage(cfg: Config, data: Data, kit: Kit, seed: int, q1: int, positi
         done = {p["q2"] for p in points}  # (an RL run has no resume: it measures every Q2 > 0 again)
         write_jsonl(run.file("points.jsonl"), points)
         write_jsonl(run.file("samples.jsonl"), [s for s in read_jsonl(run.file("samples.jsonl")) if s["q2"] in done])
-        model, tok = kit.models.fresh(str(positive.file("checkpoints") / f"examples-{q1}"))
+        model, tok = kit.models.trainable(str(positive.file("checkpoints") / f"examples-{q1}"), seed)
         if 0 not in done:
             p = kit.record(run, model, q1, seed, 0, 0, 0, 0, None)
             say("rebound", f"seed {seed} Q1={q1}: aligned score {p.measurement.score:.3f}")

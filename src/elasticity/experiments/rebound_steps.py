@@ -22,6 +22,7 @@ from elasticity.errors import UserError
 from elasticity.experiments.skeleton import seed_order
 from elasticity.files import read_jsonl, write_json, write_jsonl
 from elasticity.generate import generate
+from elasticity.models.spec import save_model
 from elasticity.scorers.registry import Reversed, score_bounds
 from elasticity.train.preference import ALGORITHMS, PREFERENCE, PreferenceConfig, PreferenceLoss, make_pairs
 from elasticity.train.rl import RL, rl_train
@@ -119,7 +120,7 @@ def save_checkpoint(model, tok, path: Path, progress: dict) -> None:
     """A model folder with its tokenizer and progress.json, appearing whole or not at all."""
     tmp = path.with_name(path.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp, safe_serialization=True)
+    save_model(model, tmp)  # a LoRA run's: the adapter alone
     tok.save_pretrained(tmp)
     write_json(tmp / "progress.json", progress)
     shutil.rmtree(path, ignore_errors=True)

@@ -42,6 +42,7 @@ from elasticity.experiments.skeleton import (
     check_experiment,
     check_lengths,
     command,
+    lora_key,
     read_pairs,
     read_prompts,
     say,
@@ -182,8 +183,7 @@ def slices_stage(cfg: Config, data: Data, models: Models, seed: int, scorer, run
     n = len(data.marks)
 
     def work(run: Run) -> None:
-        model, tok = models.fresh(cfg.model)
-        model.train()
+        model, tok = models.trainable(cfg.model, seed)
         order = seed_order(len(data.alignment), seed)[: data.examples]
         examples = _examples(tok, [data.alignment[i] for i in order], tcfg.max_length, "alignment")
         say("resistance", f"seed {seed}: alignment SFT on {len(examples)} examples, slices after {list(data.marks)}")
@@ -215,7 +215,8 @@ def slices_stage(cfg: Config, data: Data, models: Models, seed: int, scorer, run
 
     key = {"align": tcfg, "examples": data.examples, "slices": cfg.slices, "policy": policy,
            "prompt_limit": cfg.prompt_limit, "heldout_prompts": cfg.eval.heldout_prompts, "fields": cfg.fields,
-           "finetune_max_length": cfg.finetune.max_length, "score": cfg.scorer if cfg.score else None}
+           "finetune_max_length": cfg.finetune.max_length, "score": cfg.scorer if cfg.score else None,
+           **lora_key(cfg)}
     inputs = {"base": cfg.model, "alignment": cfg.alignment, "prompts": cfg.prompts}
     return stage(runs_root, "resistance-slices", key, inputs, work, seed=seed)
 
@@ -258,8 +259,7 @@ def path_stage(cfg: Config, data: Data, models: Models, seed: int, k: int, l: in
 
     def work(run: Run) -> None:
         start_source, target_source = _model_source(cfg, slices, start, data), _model_source(cfg, slices, target, data)
-        model, tok = models.fresh(start_source)
-        model.train()
+        model, tok = models.trainable(start_source, seed)
         examples = _examples(tok, read_jsonl(slices.file(f"data-{target}.jsonl")), tcfg.max_length, f"D_{target}")
         summary = train(model, tok, examples, tcfg, run, progress_bar=False, save_final=cfg.keep_models)
         model.eval()
@@ -278,7 +278,8 @@ def path_stage(cfg: Config, data: Data, models: Models, seed: int, k: int, l: in
             for name in ("checkpoints", "model"):
                 shutil.rmtree(run.file(name), ignore_errors=True)
 
-    key = {"finetune": tcfg, "k": k, "l": l, "direction": direction, "eval_batch": cfg.eval.batch_size}
+    key = {"finetune": tcfg, "k": k, "l": l, "direction": direction, "eval_batch": cfg.eval.batch_size,
+           **lora_key(cfg)}
     return stage(runs_root, "resistance-path", key, {"slices": slices}, work, seed=seed)
 
 

@@ -19,6 +19,7 @@ from elasticity.data.records import Fields, load_records
 from elasticity.errors import UserError
 from elasticity.generate import DecodingPolicy, check_context, prompt_lengths
 from elasticity.models.hf import load_causal_lm, load_config, load_tokenizer, resolve_device, resolve_model_source
+from elasticity.models.spec import LoraSettings, check_lora_targets, with_lora
 from elasticity.runs import Run, run_stage
 from elasticity.scorers import ScorerConfig, check_scorer_config
 from elasticity.train.loop import TrainConfig
@@ -43,6 +44,8 @@ class ExperimentConfig:
     # runs where accelerate puts it
     trust_remote_code: bool = False  # let a hub checkpoint run its own modelling code
     allow_pickle: bool = False  # read model weights stored only as a pickle (.bin), which can run code when read
+    lora: LoraSettings = field(default_factory=LoraSettings)  # r > 0: the models trained learn LoRA adapters only
+    # (checkpoints are the adapters alone); the base and every model measured against stay whole
 
 
 def check_experiment(cfg: ExperimentConfig, required: tuple[str, ...], scored: bool = True) -> None:
@@ -64,6 +67,15 @@ def check_experiment(cfg: ExperimentConfig, required: tuple[str, ...], scored: b
         check_scorer_config(cfg.scorer)
     resolve_device(cfg.device)
     resolve_model_source(cfg.model)
+    cfg.lora.check()
+    if cfg.lora.r > 0:
+        check_lora_targets(cfg.lora, load_config(cfg.model, cfg.trust_remote_code), cfg.trust_remote_code)
+
+
+def lora_key(cfg: ExperimentConfig) -> dict:
+    """What a trained stage's key adds for LoRA: a LoRA run is another stage than a full fine-tune. Without LoRA
+    nothing: the unused alpha, dropout and targets must not make a full fine-tune another stage."""
+    return {"lora": cfg.lora} if cfg.lora.r else {}
 
 
 def check_lengths(cfg: ExperimentConfig, trained: list[tuple[str, list[str], str, int]], answered: list[str]) -> None:
@@ -111,7 +123,7 @@ class Models:
     """The models of one experiment by source, loaded on first use on the measuring device, in eval mode.
 
     `get` keeps models up to KEEP_PARAMETERS loaded (a tiny model loads in ~0.2 s and the controls use each
-    several times); larger ones are loaded at each use, so that at most two are in memory at once. `fresh`
+    several times); larger ones are loaded at each use, so that at most two are in memory at once. `trainable`
     always loads a new copy: the one to train. A kept model is never trained.
     """
 
@@ -125,6 +137,15 @@ class Models:
         """(model, tokenizer) newly loaded from `source` on the measuring device, in eval mode."""
         return load_causal_lm(source, self.cfg.trust_remote_code, device=self.cfg.device,
                               allow_pickle=self.cfg.allow_pickle)
+
+    def trainable(self, source: str, seed: int = 0) -> tuple:
+        """(model, tokenizer) to train, in train mode: a fresh copy, wrapped with new LoRA adapters (drawn from
+        `seed`) when lora.r > 0. A LoRA on a LoRA checkpoint applies to that checkpoint merged."""
+        model, tok = self.fresh(source)
+        if self.cfg.lora.r > 0:
+            model = with_lora(model, self.cfg.lora, seed)
+        model.train()
+        return model, tok
 
     def get(self, source: str):
         return self.with_tokenizer(source)[0]

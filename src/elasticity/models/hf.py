@@ -7,6 +7,8 @@ turns it on. A local-looking path that does not exist is a user error, never a s
 
 from __future__ import annotations
 
+import json
+import warnings
 from pathlib import Path
 
 from elasticity.errors import UserError
@@ -48,6 +50,23 @@ def resolve_model_source(source: str, need: str = "config.json") -> str:
     return source  # a hub id such as "gpt2", "org/name" or "org/name@revision"
 
 
+def adapter_base(folder: str) -> str | None:
+    """The model a LoRA adapter folder applies to (its base_model_name_or_path, with `@revision` where it names
+    one), or None when `folder` holds no adapter."""
+    path = Path(folder) / ADAPTER
+    if not path.is_file():
+        return None
+    try:
+        config = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise UserError(f"{path} is not a readable adapter config: {str(e).splitlines()[0]}") from None
+    base = config.get("base_model_name_or_path") if isinstance(config, dict) else None
+    if not base:
+        raise UserError(f"{path} names no base model (base_model_name_or_path): set it to the model the adapter was "
+                        "trained on")
+    return f"{base}@{config['revision']}" if config.get("revision") else base
+
+
 def resolve_device(name: str, key: str = "device"):
     """"auto" -> the first CUDA device if there is one, else the CPU; anything else is passed to torch."""
     import torch
@@ -82,6 +101,12 @@ def load_config(source: str, trust_remote_code: bool = False):
     from transformers import AutoConfig
 
     source = resolve_model_source(source)
+    base = adapter_base(source) if Path(source).is_dir() else None
+    if base is not None:  # an adapter does not change the architecture: its base's config is the model's
+        try:
+            return load_config(base, trust_remote_code)
+        except UserError as e:
+            raise UserError(f"the LoRA adapter {source} applies to '{base}': {e}") from None
     try:
         name, hub = hub_arguments(source)
         return AutoConfig.from_pretrained(name, trust_remote_code=trust_remote_code, **hub)
@@ -136,30 +161,61 @@ def load_causal_lm(source: str, trust_remote_code: bool = False, dtype: str | No
     """Return (model, tokenizer) in eval mode, on `device` (a `resolve_device` name) or else on the CPU.
 
     Weights are read from safetensors only unless `allow_pickle` (see `use_safetensors`; `key` names the flag).
+    A LoRA adapter folder loads as its base model with the adapter merged in (an adapter on a merged adapter
+    too), every weight trainable as in any loaded model; its tokenizer is the folder's, else the base's.
+    `model.name_or_path` is where the model came from, which a LoRA trained on it records as its base: an
+    absolute folder (the adapter then loads from any working directory) or the hub id with its @revision.
     """
+    source = resolve_model_source(source)
+    base = adapter_base(source) if Path(source).is_dir() else None
+    if base is None:
+        model = _from_pretrained(source, trust_remote_code, dtype, allow_pickle, key)
+        tok = load_tokenizer(source, trust_remote_code)
+    else:
+        model, tok = _merged(source, base, trust_remote_code, dtype, allow_pickle, key)
+    model.name_or_path = str(Path(source).resolve()) if Path(source).is_dir() else source
+    model.eval()
+    if device is not None:
+        model.to(resolve_device(device))
+    return model, tok
+
+
+def _from_pretrained(source: str, trust_remote_code: bool, dtype: str | None, allow_pickle: bool, key: str):
     import torch
     from safetensors import SafetensorError
     from transformers import AutoModelForCausalLM
 
-    source = resolve_model_source(source)
-    local = Path(source).is_dir()
     kwargs = {"trust_remote_code": trust_remote_code, "use_safetensors": use_safetensors(source, allow_pickle, key),
               "dtype": getattr(torch, dtype) if dtype else torch.float32}
     name, hub = hub_arguments(source)
-    kwargs.update(hub)
     try:
-        if local and (Path(source) / ADAPTER).exists():
-            from peft import AutoPeftModelForCausalLM
-
-            model = AutoPeftModelForCausalLM.from_pretrained(name, **kwargs).merge_and_unload()
-        else:
-            model = AutoModelForCausalLM.from_pretrained(name, **kwargs)
+        return AutoModelForCausalLM.from_pretrained(name, **kwargs, **hub)
     except (OSError, ValueError, SafetensorError) as e:  # missing, unreadable or cut-short weights
         raise UserError(f"cannot load a causal LM from '{source}': {str(e).splitlines()[0]}") from None
-    model.eval()
-    if device is not None:
-        model.to(resolve_device(device))
-    return model, load_tokenizer(source, trust_remote_code)
+
+
+def _merged(source: str, base: str, trust_remote_code: bool, dtype: str | None, allow_pickle: bool, key: str):
+    """(the base model with the adapter in folder `source` merged into its weights, the tokenizer)."""
+    from peft import PeftModel
+    from safetensors import SafetensorError
+
+    try:
+        model, tok = load_causal_lm(base, trust_remote_code, dtype, None, allow_pickle, key)
+    except UserError as e:
+        raise UserError(f"the LoRA adapter {source} applies to '{base}': {e}") from None
+    use_safetensors(source, allow_pickle, key)  # the adapter's weights are weights too
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)  # peft reads an attribute transformers 5 renamed
+            model = PeftModel.from_pretrained(model, source).merge_and_unload()
+    except (OSError, ValueError, RuntimeError, SafetensorError) as e:  # missing weights, shapes of another model
+        raise UserError(f"cannot apply the LoRA adapter {source} to '{base}': {str(e).splitlines()[0]}") from None
+    # peft loads an adapter frozen, for inference; merged, the model is trained like any other (or the optimizer
+    # would get no parameter)
+    model.requires_grad_(True)
+    if (Path(source) / "tokenizer_config.json").is_file():
+        tok = load_tokenizer(source, trust_remote_code)
+    return model, tok
 
 
 def parameter_count(source: str, trust_remote_code: bool = False) -> float | None:
@@ -172,8 +228,14 @@ def parameter_count(source: str, trust_remote_code: bool = False) -> float | Non
     folder = model_folder(source)
     if folder is None:
         return None
-    if (folder / "model" / "config.json").is_file():  # a run directory
+    if (folder / "model" / "config.json").is_file() or (folder / "model" / ADAPTER).is_file():  # a run directory
         folder = folder / "model"
+    if not (folder / "config.json").is_file() and (folder / ADAPTER).is_file():  # merged, it has its base's count
+        try:
+            base = adapter_base(str(folder))
+        except UserError:
+            return None
+        return parameter_count(base, trust_remote_code)
     try:
         config = AutoConfig.from_pretrained(str(folder), trust_remote_code=trust_remote_code)
         with torch.device("meta"):
