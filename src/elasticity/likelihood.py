@@ -4,8 +4,8 @@ Every number the toolkit derives from a model's next-token distribution (the tra
 bits/token and KL to the base, resistance's losses and distances, the pre-training table, `compress`) is
 computed by `token_scores`. It runs the model's backbone once over the batch and its output head on chunks of
 positions, so that a batch's full-vocabulary float32 logits never exist at once: a chunk holds at most
-`chunk_floats` logits (256 MB of float32 by default; Qwen's 151,936-token vocabulary at 8 x 512 positions
-would be 2.5 GB a tensor). A batch that fits in one chunk is computed exactly as the model's own forward
+`chunk_floats` logits (64 MB of float32 by default; Qwen's 151,936-token vocabulary at 8 x 512 positions
+would be 2.5 GB a tensor, and a chunk's softmax, KL and gradient take about six such temporaries). A batch that fits in one chunk is computed exactly as the model's own forward
 computes it (the same operations on the same tensors), so chunking changes no number of a small model.
 
 Conventions:
@@ -31,7 +31,8 @@ from elasticity.data.tokenize import IGNORE, Example
 from elasticity.stats import LN2
 
 Direction = Literal["forward", "reverse"]
-CHUNK_FLOATS = 2**26  # logits one chunk may hold (each same-sized temporary too): 256 MB of float32
+CHUNK_FLOATS = 2**24  # logits one chunk may hold (each same-sized temporary too): 64 MB of float32; a chunk of
+# 64 x 2^18 logits still runs the head as one large matrix product, so smaller chunks cost no speed
 
 _PARTS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> (backbone, head) or None
 
@@ -238,14 +239,32 @@ class Scored:
         return self.kl / self.tokens
 
 
+def _batches(lengths: list[int], batch_size: int, batch_tokens: int | None) -> list[tuple[int, int]]:
+    """(start, stop) of consecutive batches over ascending `lengths`: at most batch_size rows and, with a token
+    budget, at most batch_tokens padded positions (a longer sequence than the budget goes alone).
+
+    >>> _batches([2, 3, 3, 8, 9], 4, None), _batches([2, 3, 3, 8, 9], 4, 10)
+    ([(0, 4), (4, 5)], [(0, 3), (3, 4), (4, 5)])
+    """
+    out, start = [], 0
+    for i, n in enumerate(lengths):
+        full = i - start == batch_size or (batch_tokens is not None and (i - start + 1) * n > batch_tokens)
+        if full and i > start:
+            out.append((start, i))
+            start = i
+    return out + [(start, len(lengths))] if lengths else out
+
+
 @torch.inference_mode()
 def teacher_forced(model, examples: list[Example], pad: int, batch_size: int = 32, *, reference=None,
                    direction: Direction = "forward", cache: dict | None = None, bf16: bool = False,
-                   accelerator=None) -> Scored:
+                   accelerator=None, batch_tokens: int | None = None) -> Scored:
     """NLL of `model` (and its KL to `reference`) summed over the target tokens of tokenised examples.
 
     Examples are sorted by length and right-padded in batches of `batch_size` (the training loop's `collate`),
-    so the loss of a set is exactly what training reports on it. `cache` (a dict the caller keeps for these
+    so the loss of a set is exactly what training reports on it; with `batch_tokens`, a batch also holds at most
+    that many positions, padding included (long sequences then come fewer at a time: activations and attention
+    scale with positions, not with sequences). `cache` (a dict the caller keeps for these
     very examples) keeps the reference's log-probabilities, so that later calls run one model instead of two.
     With an `accelerator`, the batches are shared out over its processes and the sums reduced.
 
@@ -256,11 +275,10 @@ def teacher_forced(model, examples: list[Example], pad: int, batch_size: int = 3
     device = next(model.parameters()).device
     order = sorted(range(len(examples)), key=lambda i: len(examples[i].input_ids))
     rank, world = (accelerator.process_index, accelerator.num_processes) if accelerator else (0, 1)
-    starts = list(range(0, len(order), batch_size))[rank::world]
+    batches = _batches([len(examples[i].input_ids) for i in order], batch_size, batch_tokens)[rank::world]
     totals = torch.zeros(3, dtype=torch.float64, device=device)  # nats, kl, targets
-    for start in starts:
-        batch = {k: v.to(device) for k, v in collate([examples[i] for i in order[start:start + batch_size]],
-                                                      pad).items()}
+    for start, stop in batches:
+        batch = {k: v.to(device) for k, v in collate([examples[i] for i in order[start:stop]], pad).items()}
         scores = token_scores(model, batch["input_ids"], batch["labels"][:, 1:], batch["attention_mask"],
                               reference=reference, direction=direction, bf16=bf16,
                               reference_cache=None if cache is None else cache.setdefault(start, {}))

@@ -38,6 +38,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Union, get_args, get_origin, get_type_hints
 
+from elasticity import ranks
 from elasticity.config import config_hash, dump_yaml, is_input_path
 from elasticity.errors import UserError
 from elasticity.files import append_jsonl, atomic_write, file_sha256, jsonl_text, read_jsonl, write_json
@@ -206,11 +207,6 @@ def planned_run(runs_root: Path, stage: str, config: Any, inputs: dict[str, Any]
     return Run(stage_path(runs_root, stage, config, inputs, code_fingerprint(module, reports)["hash"]))
 
 
-def _main_process() -> bool:
-    """False on the other ranks of `accelerate launch`: they follow their main process, which takes the lock."""
-    return int(os.environ.get("RANK", "0")) == 0
-
-
 def check_runs_root(path: Path) -> None:
     """A runs directory that is a file, lies under a file or cannot be written is one clear line, before any work;
     the check leaves nothing behind (folders it made to try are removed)."""
@@ -247,11 +243,15 @@ def run_stage(
     device: str = "cpu",
     quiet: bool = False,
     reports: bool = False,
+    shared: bool = False,
 ) -> Run:
     """Return the finished run for (stage, config, inputs, code), computing it with `work(run)` only if needed.
 
     The code is that of the module defining `work` (`reports`: the stage writes tables, so the report writers
     count too). `work` may return a dict that is merged into meta.json (e.g. the device actually used).
+    Under several processes (`ranks`) only the main one computes, unless the stage is `shared` (it trains: every
+    rank runs `work`, which writes only on the main one); the main process alone writes the run's own files, and
+    every rank leaves when it is done.
     """
     from filelock import FileLock
 
@@ -263,10 +263,11 @@ def run_stage(
             print(f"[{stage}] finished run found, reusing {run.path}", file=sys.stderr)
         return run
     new_root, fresh = not runs_root.exists(), not run.path.exists()
-    check_runs_root(runs_root)
+    if ranks.is_main():  # the check makes and removes folders: one process at a time
+        check_runs_root(runs_root)
     run.path.mkdir(parents=True, exist_ok=True)
     lock = FileLock(str(run.file(LOCK)))
-    if _main_process():
+    if ranks.is_main():
         try:
             lock.acquire(timeout=0.5)
         except TimeoutError:
@@ -275,7 +276,13 @@ def run_stage(
     try:
         if run.done:  # the other process finished it
             return run
-        return _compute(run, stage, config, inputs, work, seed, device, fingerprint)
+        if ranks.is_main():
+            _compute(run, stage, config, inputs, work, seed, device, fingerprint)
+        elif shared:
+            work(run)
+        ranks.barrier()  # the main process has written the whole stage before any rank goes on (no barrier after
+        # an error: the launcher ends every rank when one fails)
+        return run
     except UserError:
         if fresh:  # a user error leaves nothing behind; an interrupted run keeps its files to resume from
             shutil.rmtree(run.path, ignore_errors=True)

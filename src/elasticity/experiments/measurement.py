@@ -22,10 +22,13 @@ truncation length, so a bits/token here is the loss the training loop would repo
 from __future__ import annotations
 
 import math
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 
+from elasticity import ranks
 from elasticity.data.tokenize import encode_pair, encode_text, pad_id
 from elasticity.experiments.skeleton import Models, say
 from elasticity.files import append_jsonl
@@ -53,6 +56,7 @@ class Evaluator:
         max_length: truncation length of teacher-forced examples (the training one).
         score_prompt: score prompt + response (True) or the response alone.
         batch_size: sequences per teacher-forced forward pass.
+        batch_tokens: positions (padding included) per teacher-forced forward pass.
     """
 
     scorer: object
@@ -65,6 +69,7 @@ class Evaluator:
     max_length: int
     score_prompt: bool = True
     batch_size: int = 32
+    batch_tokens: int | None = None
 
     def __post_init__(self) -> None:
         assert tuple(self.pairs) == BUILT_IN_PAIRS, "the measurement's columns name the positive and negative sets"
@@ -78,6 +83,9 @@ class Evaluator:
         positions = sum(len(ex.input_ids) for v in [*self._pairs.values(), *self._texts.values()] for ex in v)
         vocab = self.base.get_output_embeddings().weight.shape[0] if self.base is not None else 0
         self._cache = {} if positions * vocab <= CACHE_FLOATS else None
+        # On a GPU the base waits in CPU memory and comes in only to be measured against (as the scorer's model
+        # does, `OnDemand`): the trained model and its optimizer stay in GPU memory beside one of them at a time.
+        self._base_device = _park(self.base)
 
     def _cached(self, name: str) -> dict | None:
         return None if self._cache is None else self._cache.setdefault(name, {})
@@ -95,17 +103,21 @@ class Evaluator:
         samples = generate(model, self.tok, self.prompts, self.policy)
         texts = [(s["prompt"] + s["response"]) if self.score_prompt else s["response"] for s in samples]
         scores = [float(v) for v in self.scorer.score(texts)]
+        with resident(self.base, self._base_device):
+            return self._teacher_forced(model, samples, scores)
+
+    def _teacher_forced(self, model, samples: list[dict], scores: list[float]) -> tuple[Measurement, list[dict]]:
         mean, se = clustered_mean_se(scores, [s["prompt_index"] for s in samples])
         bits, kl_to_base = {}, {}
         kl_nats, kl_tokens = 0.0, 0
         for name, examples in self._pairs.items():
             s = teacher_forced(model, examples, self.pad_id, self.batch_size, reference=self.base,
-                               cache=self._cached(name))
+                               cache=self._cached(name), batch_tokens=self.batch_tokens)
             bits[name] = s.bits_per_token
             kl_nats, kl_tokens = kl_nats + s.kl, kl_tokens + s.tokens
         for name, examples in self._texts.items():
             s = teacher_forced(model, examples, self.pad_id, self.batch_size, reference=self.base,
-                               cache=self._cached("text:" + name))
+                               cache=self._cached("text:" + name), batch_tokens=self.batch_tokens)
             bits[name] = s.bits_per_token
             kl_to_base[name] = s.kl_per_token
         for s, v in zip(samples, scores):
@@ -118,29 +130,79 @@ class Evaluator:
         return measurement, samples
 
 
+def _park(module):
+    """Move a model off its GPU into CPU memory; returns the device it came from (None for no model)."""
+    if module is None:
+        return None
+    device = next(module.parameters()).device
+    if device.type != "cpu":
+        module.to("cpu")
+    return device
+
+
+@contextmanager
+def resident(module, device):
+    """`module` on `device` for the block, back in CPU memory after it; a no-op for the CPU or no model."""
+    if module is None or device is None or device.type == "cpu":
+        yield
+        return
+    module.to(device)
+    try:
+        yield
+    finally:
+        module.to("cpu")
+        torch.cuda.empty_cache()
+
+
+class OnDemand:
+    """A scorer whose neural model (a classifier, a score-model) waits in CPU memory and comes to its device for
+    each `score` call only; the oracle and VADER pass through untouched."""
+
+    def __init__(self, scorer):
+        self.inner, self.name = scorer, scorer.name
+        model = getattr(scorer, "model", None)
+        self._model = model if isinstance(model, torch.nn.Module) else None
+        self._device = _park(self._model)
+
+    def score(self, texts: list[str]) -> list[float]:
+        with resident(self._model, self._device):
+            return self.inner.score(texts)
+
+    def __getattr__(self, name):  # describe(), counters and the rest of the scorer's own attributes
+        return getattr(self.inner, name)
+
+
 class Kit:
     """Rebound's models and evaluator, built on first use (a fully cached experiment never loads a model)."""
 
     def __init__(self, cfg, data, scorer):  # a rebound Config and its checked Data
-        self.cfg, self.data, self.scorer, self.models, self._ev = cfg, data, scorer, Models(cfg), None
+        self.cfg, self.data, self.models, self._ev = cfg, data, Models(cfg), None
+        self.scorer = OnDemand(scorer)
 
     def evaluator(self):
         if self._ev is None:
             base, tok = self.models.with_tokenizer(self.cfg.model)
             self._ev = Evaluator(self.scorer, tok, base, self.data.prompts, self.cfg.policy,
                                  self.data.heldout_pairs, self.data.texts, self.cfg.train.max_length,
-                                 self.cfg.eval.score_prompt, self.cfg.eval.batch_size)
+                                 self.cfg.eval.score_prompt, self.cfg.eval.batch_size,
+                                 self.cfg.eval.batch_tokens)
             if self._ev.truncated:
                 say("rebound", f"{self._ev.truncated} evaluation sequences truncated to {self.cfg.train.max_length} "
                                "tokens")
         return self._ev
 
     def record(self, run: Run, model, q1: int, seed: int | None, q2: int, examples: int, tokens: int, steps: int,
-               train_loss: float | None) -> Point:
-        """Measure `model` and append the point (and its scored samples) to the stage's files."""
+               train_loss: float | None, label: str) -> Point | None:
+        """Measure `model`, append the point (and its scored samples) to the stage's files and say it under
+        `label`; on the main process only (the other ranks of a launch return None at once and wait for it at
+        their next collective step)."""
+        if not ranks.is_main():
+            return None
         measurement, samples = self.evaluator().measure(model)
         point = Point(q1, seed, q2, examples, tokens, steps, train_loss, measurement)
         for s in samples:
             append_jsonl(run.file("samples.jsonl"), {"q2": q2, **s})
         append_jsonl(run.file("points.jsonl"), point.to_record())
+        m = measurement
+        say("rebound", f"{label}: score {m.score:.3f} +- {m.score_se:.3f}, KL to base {m.kl_response:.4f}")
         return point

@@ -35,6 +35,7 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from elasticity import ranks
 from elasticity.analysis.rebound import analyse
 from elasticity.config import InputPath
 from elasticity.data.records import load_records
@@ -44,7 +45,6 @@ from elasticity.experiments.rebound_steps import (
     check_steps,
     preference_pools,
     run_rl,
-    save_checkpoint,
     step_examples,
     step_records,
 )
@@ -54,7 +54,8 @@ from elasticity.experiments.skeleton import (
     check_experiment,
     check_lengths,
     command,
-    lora_key,
+    dtype_key,
+    model_key,
     read_pairs,
     read_prompts,
     say,
@@ -68,7 +69,7 @@ from elasticity.report.rebound_tables import write_rebound
 from elasticity.results import BUILT_IN_PAIRS, Point, ReboundGrid, Savings
 from elasticity.runs import Run
 from elasticity.scorers.registry import build_scorer_for
-from elasticity.train.loop import TrainConfig, train
+from elasticity.train.loop import TrainConfig, train, write_checkpoint
 from elasticity.train.preference import PREFERENCE, PreferenceConfig
 from elasticity.train.rl import RL, RLConfig
 
@@ -81,7 +82,8 @@ class Evaluation:
     pairs: int = 100  # held-out pairs per side, the LAST records of the positive and negative files
     docs: int = 100  # documents per held-out pre-training text file (its first N)
     score_prompt: bool = True  # the scorer reads prompt + response (False: the response alone)
-    batch_size: int = 32  # sequences per teacher-forced forward pass
+    batch_size: int = 32  # sequences per teacher-forced forward pass ...
+    batch_tokens: int = 16384  # ... and positions, padding included (32 x 512: long sequences come fewer at once)
 
 
 @dataclass(frozen=True)
@@ -167,8 +169,8 @@ def check(cfg: Config) -> Data:
                         "(then the first q examples of a run are a run on q examples)")
     t.check("train")
     ev = cfg.eval
-    if ev.pairs < 1 or ev.docs < 1 or ev.prompts < 0 or ev.batch_size < 1:
-        raise UserError("eval.pairs, eval.docs and eval.batch_size must be >= 1, eval.prompts >= 0")
+    if min(ev.pairs, ev.docs, ev.batch_size, ev.batch_tokens) < 1 or ev.prompts < 0:
+        raise UserError("eval.pairs, eval.docs, eval.batch_size and eval.batch_tokens must be >= 1, eval.prompts >= 0")
     if cfg.metrics.kl_epsilon <= 0:
         raise UserError(f"metrics.kl_epsilon must be > 0, got {cfg.metrics.kl_epsilon}")
     pos, neg = read_pairs(cfg.positive, cfg.fields), read_pairs(cfg.negative, cfg.fields)
@@ -214,13 +216,13 @@ def _train_cfg(cfg: Config, seed: int, marks: tuple[int, ...]) -> TrainConfig:
 
 def _measure_key(cfg: Config, data: Data) -> dict:
     return {"eval": cfg.eval, "policy": cfg.policy, "scorer": cfg.scorer, "max_length": cfg.train.max_length,
-            "heldout": sorted(data.texts), "reverse": cfg.reverse}
+            "heldout": sorted(data.texts), "reverse": cfg.reverse, **dtype_key(cfg)}
 
 
 def _objective_key(cfg: Config, algorithm: str) -> dict:
     settings = ({"preference": cfg.preference, "on_policy": cfg.on_policy} if algorithm in PREFERENCE
                 else {"rl": cfg.rl} if algorithm in RL else {})
-    return {"objective": algorithm, **settings, **lora_key(cfg)}
+    return {"objective": algorithm, **settings, **model_key(cfg)}
 
 
 def _inputs(cfg: Config) -> dict:
@@ -233,8 +235,7 @@ def base_stage(cfg: Config, data: Data, kit: Kit, runs_root: Path) -> Run:
     def work(run: Run) -> None:
         for p in (run.file("points.jsonl"), run.file("samples.jsonl")):
             p.unlink(missing_ok=True)
-        point = kit.record(run, kit.models.get(cfg.model), 0, None, 0, 0, 0, 0, None)
-        say("rebound", f"base model: score {point.measurement.score:.3f} +- {point.measurement.score_se:.3f}")
+        kit.record(run, kit.models.get(cfg.model), 0, None, 0, 0, 0, 0, None, "base model")
 
     return stage(runs_root, "rebound-base", _measure_key(cfg, data), _inputs(cfg), work)
 
@@ -253,7 +254,7 @@ def positive_stage(cfg: Config, data: Data, kit: Kit, seed: int, runs_root: Path
         model.train()
         if cfg.align in RL:
             def on_mark(q, steps, tokens, m) -> None:
-                save_checkpoint(m, tok, run.file("checkpoints") / f"examples-{q}",
+                write_checkpoint(m, tok, run.file("checkpoints") / f"examples-{q}",
                                 {"step": steps, "examples": q, "tokens": tokens})
                 marks[q] = {"tokens": tokens, "steps": steps}
 
@@ -271,14 +272,15 @@ def positive_stage(cfg: Config, data: Data, kit: Kit, seed: int, runs_root: Path
             for q in data.q1:
                 progress = json.loads((run.file("checkpoints") / f"examples-{q}" / "progress.json").read_text())
                 marks.setdefault(q, {"tokens": progress["tokens"], "steps": progress["step"]})
-        run.write_json("marks.json", {str(q): marks[q] for q in data.q1})
-        run.write_json("summary.json", summary)
+        if ranks.is_main():
+            run.write_json("marks.json", {str(q): marks[q] for q in data.q1})
+            run.write_json("summary.json", summary)
 
     key = {"train": tcfg, "held_out_pairs": cfg.eval.pairs, "fields": cfg.fields, "reverse": cfg.reverse,
            **_objective_key(cfg, cfg.align)}
     inputs = {"base": cfg.model, "positive": cfg.negative if cfg.reverse else cfg.positive,
               **({"pairs": cfg.pairs} if cfg.align in PREFERENCE and not cfg.on_policy else {})}
-    return stage(runs_root, "rebound-positive", key, inputs, work, seed=seed)
+    return stage(runs_root, "rebound-positive", key, inputs, work, seed=seed, shared=True)
 
 
 def negative_stage(cfg: Config, data: Data, kit: Kit, seed: int, q1: int, positive: Run, runs_root: Path) -> Run:
@@ -291,12 +293,13 @@ def negative_stage(cfg: Config, data: Data, kit: Kit, seed: int, q1: int, positi
         # point is measured again), and both files are rewritten whole (no half line from a killed append)
         points = [p for p in read_jsonl(run.file("points.jsonl")) if cfg.perturb not in RL or p["q2"] == 0]
         done = {p["q2"] for p in points}  # (an RL run has no resume: it measures every Q2 > 0 again)
-        write_jsonl(run.file("points.jsonl"), points)
-        write_jsonl(run.file("samples.jsonl"), [s for s in read_jsonl(run.file("samples.jsonl")) if s["q2"] in done])
+        if ranks.is_main():
+            write_jsonl(run.file("points.jsonl"), points)
+            write_jsonl(run.file("samples.jsonl"), [s for s in read_jsonl(run.file("samples.jsonl"))
+                                                    if s["q2"] in done])
         model, tok = kit.models.trainable(str(positive.file("checkpoints") / f"examples-{q1}"), seed)
         if 0 not in done:
-            p = kit.record(run, model, q1, seed, 0, 0, 0, 0, None)
-            say("rebound", f"seed {seed} Q1={q1}: aligned score {p.measurement.score:.3f}")
+            kit.record(run, model, q1, seed, 0, 0, 0, 0, None, f"seed {seed} Q1={q1} aligned")
         last_step = [max((p["steps"] for p in points), default=0)]  # a resumed run's loss window starts there
 
         def on_step(progress, m) -> None:
@@ -305,16 +308,13 @@ def negative_stage(cfg: Config, data: Data, kit: Kit, seed: int, q1: int, positi
             if progress.examples not in done:
                 losses = [r["train/loss"] for r in run.metrics()
                           if last_step[0] < r.get("step", 0) <= progress.step and "train/loss" in r]
-                p = kit.record(run, m, q1, seed, progress.examples, progress.examples, progress.tokens, progress.step,
-                               sum(losses) / len(losses) if losses else None)
-                say("rebound", f"seed {seed} Q1={q1} Q2={progress.examples}: score {p.measurement.score:.3f}, "
-                               f"KL to base {p.measurement.kl_response:.4f}")
+                kit.record(run, m, q1, seed, progress.examples, progress.examples, progress.tokens, progress.step,
+                           sum(losses) / len(losses) if losses else None, f"seed {seed} Q1={q1} Q2={progress.examples}")
             last_step[0] = progress.step
 
         if marks and cfg.perturb in RL:
             def on_mark(q, steps, tokens, m) -> None:
-                p = kit.record(run, m, q1, seed, q, q, tokens, steps, None)
-                say("rebound", f"seed {seed} Q1={q1} Q2={q}: score {p.measurement.score:.3f}")
+                kit.record(run, m, q1, seed, q, q, tokens, steps, None, f"seed {seed} Q1={q1} Q2={q}")
 
             prompts = [data.negative[i]["prompt"] for i in seed_order(len(data.negative), seed)[: marks[-1]]]
             run.write_json("summary.json", run_rl(cfg.perturb, cfg, kit.scorer, model, tok, prompts, marks, seed, run,
@@ -324,16 +324,18 @@ def negative_stage(cfg: Config, data: Data, kit: Kit, seed: int, q1: int, positi
                                    kit.scorer, run, perturb=True)
             model.train()
             examples, objective = step_examples(cfg.perturb, records, tok, tcfg.max_length, "negative", cfg.preference)
-            run.write_json("summary.json", train(model, tok, examples, tcfg, run, on_step=on_step,
-                                                 progress_bar=False, save_final=cfg.keep_models,
-                                                 objective=objective))
-        if not cfg.keep_models:  # the measurements are the result; checkpoints of every Q2 are not
+            # measured in place at every Q2: a model is written only when the user keeps them (at 7B each is ~13 GB)
+            summary = train(model, tok, examples, tcfg, run, on_step=on_step, progress_bar=False,
+                            save_final=cfg.keep_models, objective=objective, keep_checkpoints=cfg.keep_models)
+            if ranks.is_main():
+                run.write_json("summary.json", summary)
+        if not cfg.keep_models and ranks.is_main():  # the measurements are the result; checkpoints of every Q2 are not
             for name in ("checkpoints", "model"):
                 shutil.rmtree(run.file(name), ignore_errors=True)
 
     key = {"train": tcfg, "q1": q1, **_measure_key(cfg, data), **_objective_key(cfg, cfg.perturb)}
     inputs = {"positive_run": positive, **_inputs(cfg)}
-    return stage(runs_root, "rebound-negative", key, inputs, work, seed=seed)
+    return stage(runs_root, "rebound-negative", key, inputs, work, seed=seed, shared=True)
 
 
 def collect_points(base: Run, negatives: dict[tuple[int, int], Run], texts: list[str]) -> list[Point]:
@@ -365,6 +367,7 @@ def token_savings(positives: dict[int, Run], negatives: dict[tuple[int, int], Ru
 def rebound_stage(cfg: Config, runs_root: Path) -> Run:
     """Run (or reuse) the whole experiment; returns the `rebound` run holding results, metrics and figures."""
     data = check(cfg)
+    ranks.setup()  # under accelerate launch: each rank's models go to its own device
     quiet_loading()
     kit = Kit(cfg, data, build_scorer_for(cfg.scorer, cfg.reverse))  # a missing scorer model fails here, before
     # any run directory

@@ -14,15 +14,14 @@ from __future__ import annotations
 
 import dataclasses
 import shutil
-from pathlib import Path
 
+from elasticity import ranks
 from elasticity.data.records import load_records
 from elasticity.data.tokenize import tokenize_records
 from elasticity.errors import UserError
 from elasticity.experiments.skeleton import seed_order
-from elasticity.files import read_jsonl, write_json, write_jsonl
+from elasticity.files import read_jsonl, write_jsonl
 from elasticity.generate import generate
-from elasticity.models.spec import save_model
 from elasticity.scorers.registry import Reversed, score_bounds
 from elasticity.train.preference import ALGORITHMS, PREFERENCE, PreferenceConfig, PreferenceLoss, make_pairs
 from elasticity.train.rl import RL, rl_train
@@ -39,6 +38,9 @@ def check_steps(cfg) -> None:
         if algorithm in RL and not cfg.scorer.name:
             raise UserError(f"--{key} {algorithm} is rewarded by the scorer: set --scorer.name (oracle, classifier, "
                             "score-model or vader)")
+    if ranks.world_size() > 1 and (cfg.align in RL or cfg.perturb in RL):
+        raise UserError("rloo and grpo steps run in one process (TRL's trainer would take the launch's processes "
+                        "over): run them without accelerate launch")
     if cfg.align in RL:
         cfg.rl.check(tuple(cfg.q1), "q1")
     if cfg.perturb in RL:
@@ -61,9 +63,13 @@ def preference_pools(cfg) -> tuple[list[dict], list[dict]]:
     cfg.preference.check()
     records = load_records(cfg.pairs, ("prompt", "chosen", "rejected"), cfg.fields)
     if cfg.reverse:
-        records = [dict(r, chosen=r["rejected"], rejected=r["chosen"]) for r in records]
+        records = [_swapped(r) for r in records]
     half = len(records) // 2
-    return records[:half], [dict(r, chosen=r["rejected"], rejected=r["chosen"]) for r in records[half:]]
+    return records[:half], [_swapped(r) for r in records[half:]]
+
+
+def _swapped(pair: dict) -> dict:
+    return dict(pair, chosen=pair["rejected"], rejected=pair["chosen"])
 
 
 def step_records(cfg, algorithm: str, sft_pool: list[dict], pair_pool: list[dict], seed: int, need: int, model, tok,
@@ -81,7 +87,8 @@ def step_records(cfg, algorithm: str, sft_pool: list[dict], pair_pool: list[dict
     reward = Reversed(scorer, score_bounds(cfg.scorer)) if perturb else scorer
     pairs = on_policy_pairs(model, tok, [r["prompt"] for r in records], reward, cfg.policy, need,
                             cfg.eval.score_prompt)
-    write_jsonl(kept, pairs)
+    if ranks.is_main():  # every rank samples the same pairs from the same model; one writes them
+        write_jsonl(kept, pairs)
     return pairs
 
 
@@ -114,17 +121,6 @@ def step_examples(algorithm: str, chosen: list[dict], tok, max_length: int, name
     if algorithm == "sft":
         return tokenize_records(chosen, tok, max_length, name), None
     return make_pairs(chosen, tok, max_length, algorithm), PreferenceLoss(algorithm, preference)
-
-
-def save_checkpoint(model, tok, path: Path, progress: dict) -> None:
-    """A model folder with its tokenizer and progress.json, appearing whole or not at all."""
-    tmp = path.with_name(path.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    save_model(model, tmp)  # a LoRA run's: the adapter alone
-    tok.save_pretrained(tmp)
-    write_json(tmp / "progress.json", progress)
-    shutil.rmtree(path, ignore_errors=True)
-    tmp.rename(path)
 
 
 def run_rl(algorithm: str, cfg, scorer, model, tok, prompts: list[str], marks: tuple[int, ...], seed: int, run,

@@ -31,6 +31,7 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from elasticity import ranks
 from elasticity.analysis.resistance import pair_row, summarise
 from elasticity.config import InputPath, to_dict
 from elasticity.data.tokenize import pad_id, tokenize_records
@@ -42,7 +43,7 @@ from elasticity.experiments.skeleton import (
     check_experiment,
     check_lengths,
     command,
-    lora_key,
+    model_key,
     read_pairs,
     read_prompts,
     say,
@@ -121,6 +122,9 @@ def check(cfg: Config) -> Data:
         UserError: one line naming the field and the fix.
     """
     check_experiment(cfg, ("model", "alignment", "prompts"), scored=cfg.score)
+    if ranks.world_size() > 1:
+        raise UserError("resistance runs in one process (only rebound and train share their steps over the processes "
+                        "of accelerate launch): run it without accelerate launch")
     if cfg.slices < 2:
         raise UserError(f"slices must be >= 2 (a pair k < l needs two slices), got {cfg.slices}")
     for name, t in (("align", cfg.align), ("finetune", cfg.finetune)):
@@ -216,7 +220,7 @@ def slices_stage(cfg: Config, data: Data, models: Models, seed: int, scorer, run
     key = {"align": tcfg, "examples": data.examples, "slices": cfg.slices, "policy": policy,
            "prompt_limit": cfg.prompt_limit, "heldout_prompts": cfg.eval.heldout_prompts, "fields": cfg.fields,
            "finetune_max_length": cfg.finetune.max_length, "score": cfg.scorer if cfg.score else None,
-           **lora_key(cfg)}
+           **model_key(cfg)}
     inputs = {"base": cfg.model, "alignment": cfg.alignment, "prompts": cfg.prompts}
     return stage(runs_root, "resistance-slices", key, inputs, work, seed=seed)
 
@@ -279,7 +283,7 @@ def path_stage(cfg: Config, data: Data, models: Models, seed: int, k: int, l: in
                 shutil.rmtree(run.file(name), ignore_errors=True)
 
     key = {"finetune": tcfg, "k": k, "l": l, "direction": direction, "eval_batch": cfg.eval.batch_size,
-           **lora_key(cfg)}
+           **model_key(cfg)}
     return stage(runs_root, "resistance-path", key, {"slices": slices}, work, seed=seed)
 
 

@@ -30,6 +30,9 @@ PAPER_TRAIN = TrainConfig(lr=1e-5, betas=(0.9, 0.95), weight_decay=0.0, schedule
                           batch_size=8, grad_accum=1, epochs=1, max_length=512, log_every=1)
 
 
+DTYPES = ("float32", "bfloat16")  # no float16: without loss scaling its gradients underflow
+
+
 @dataclass(frozen=True)
 class ExperimentConfig:
     """The config fields every experiment has (its own fields follow them)."""
@@ -44,6 +47,8 @@ class ExperimentConfig:
     # runs where accelerate puts it
     trust_remote_code: bool = False  # let a hub checkpoint run its own modelling code
     allow_pickle: bool = False  # read model weights stored only as a pickle (.bin), which can run code when read
+    dtype: str = "float32"  # the weights of every model loaded, float32 or bfloat16 (half the memory; training then
+    # keeps gradients and AdamW's moments in bfloat16 too; train.bf16 with float32 weights is mixed precision)
     lora: LoraSettings = field(default_factory=LoraSettings)  # r > 0: the models trained learn LoRA adapters only
     # (checkpoints are the adapters alone); the base and every model measured against stay whole
 
@@ -67,15 +72,23 @@ def check_experiment(cfg: ExperimentConfig, required: tuple[str, ...], scored: b
         check_scorer_config(cfg.scorer)
     resolve_device(cfg.device)
     resolve_model_source(cfg.model)
+    if cfg.dtype not in DTYPES:
+        raise UserError(f"dtype must be one of {', '.join(DTYPES)}, got {cfg.dtype!r}")
     cfg.lora.check()
     if cfg.lora.r > 0:
         check_lora_targets(cfg.lora, load_config(cfg.model, cfg.trust_remote_code), cfg.trust_remote_code)
 
 
-def lora_key(cfg: ExperimentConfig) -> dict:
-    """What a trained stage's key adds for LoRA: a LoRA run is another stage than a full fine-tune. Without LoRA
-    nothing: the unused alpha, dropout and targets must not make a full fine-tune another stage."""
-    return {"lora": cfg.lora} if cfg.lora.r else {}
+def model_key(cfg: ExperimentConfig) -> dict:
+    """What a stage's key adds for how its models are held: LoRA (a LoRA run is another stage than a full
+    fine-tune) and a dtype other than float32. At the defaults nothing, so that the unused LoRA settings do not
+    make a full fine-tune another stage, and float32 runs keep the names they had before the option existed."""
+    return {**({"lora": cfg.lora} if cfg.lora.r else {}), **dtype_key(cfg)}
+
+
+def dtype_key(cfg: ExperimentConfig) -> dict:
+    """What a measuring stage's key adds: the dtype its models are loaded in, unless float32."""
+    return {"dtype": cfg.dtype} if cfg.dtype != "float32" else {}
 
 
 def check_lengths(cfg: ExperimentConfig, trained: list[tuple[str, list[str], str, int]], answered: list[str]) -> None:
@@ -135,7 +148,7 @@ class Models:
 
     def fresh(self, source: str) -> tuple:
         """(model, tokenizer) newly loaded from `source` on the measuring device, in eval mode."""
-        return load_causal_lm(source, self.cfg.trust_remote_code, device=self.cfg.device,
+        return load_causal_lm(source, self.cfg.trust_remote_code, dtype=self.cfg.dtype, device=self.cfg.device,
                               allow_pickle=self.cfg.allow_pickle)
 
     def trainable(self, source: str, seed: int = 0) -> tuple:
@@ -164,10 +177,11 @@ class Models:
 
 
 def stage(runs_root: Path, name: str, key, inputs: dict, work: Callable[[Run], dict | None],
-          seed: int | None = None, reports: bool = False) -> Run:
+          seed: int | None = None, reports: bool = False, shared: bool = False) -> Run:
     """One cached stage of an experiment (see `runs.run_stage`): reused when finished, else computed.
-    `reports`: the stage writes the experiment's tables (the report writers' code is part of its name)."""
-    return run_stage(Path(runs_root), name, key, inputs, work, seed=seed, quiet=True, reports=reports)
+    `reports`: the stage writes the experiment's tables (the report writers' code is part of its name); `shared`:
+    it trains, so every process of a multi-process launch runs it (and only the main one writes)."""
+    return run_stage(Path(runs_root), name, key, inputs, work, seed=seed, quiet=True, reports=reports, shared=shared)
 
 
 def command(experiment: Callable[[object, Path], Run]) -> Callable[[object, Path], None]:

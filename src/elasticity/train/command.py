@@ -87,7 +87,7 @@ def train_stage(cfg: Config, runs_root: Path, quiet: bool = False) -> Run:
         run.write_json("summary.json", summary)
         return {"processes": summary["processes"]}
 
-    return run_stage(runs_root, "train", cfg, inputs, work, seed=cfg.train.seed, quiet=quiet)
+    return run_stage(runs_root, "train", cfg, inputs, work, seed=cfg.train.seed, quiet=quiet, shared=True)
 
 
 def run(cfg: Config, runs_root: Path) -> None:

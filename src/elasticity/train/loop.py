@@ -15,25 +15,22 @@ step's term count, so every invariance above holds for both.
 from __future__ import annotations
 
 import math
-import random
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Callable, Literal
 
-import numpy as np
 import torch
 
 from elasticity.data.batching import Step, collate, ordered_indices, plan_steps
 from elasticity.data.tokenize import Example, pad_id
 from elasticity.errors import UserError
-from elasticity.files import write_json
 from elasticity.likelihood import teacher_forced, token_scores
-from elasticity.models.hf import quiet_loading
+from elasticity.ranks import no_accelerator
 from elasticity.runs import Run
+from elasticity.train.checkpoints import RESUME, Progress, load_resume, save_checkpoint, save_resume, write_checkpoint
 
-RESUME = "resume.pt"  # a run's resume state: tensors and plain values only
+__all__ = ["RESUME", "Progress", "TrainConfig", "no_accelerator", "plan", "train", "write_checkpoint"]
 
 
 @dataclass(frozen=True)
@@ -51,7 +48,12 @@ class TrainConfig:
     epochs: int = 1  # passes over the data, each reshuffled with seed + epoch
     max_steps: int | None = None  # stop after this many optimizer steps; none = all the epochs' steps
     max_grad_norm: float | None = 1.0  # clip the gradient's global norm to this; none = no clipping
-    bf16: bool = False  # bf16 autocast; parameters and optimizer stay fp32
+    bf16: bool = False  # bf16 autocast; parameters and optimizer stay in the model's dtype (fp32 master weights
+    # when the model is loaded in float32)
+    gradient_checkpointing: bool = False  # recompute each layer's activations in the backward pass (HF models):
+    # activation memory of one layer instead of all, about a third more compute
+    optimizer: Literal["adamw", "adamw8bit"] = "adamw"  # adamw8bit: bitsandbytes' 8-bit AdamW (CUDA only), whose
+    # two moments take 2 bytes a parameter instead of 8
     seed: int = 0  # the data order and the torch generator
     max_length: int = 512  # tokens per example: longer ones are truncated (and counted); text blocks are this long
     shuffle: bool = True  # shuffle the examples with the seed (off: the given order)
@@ -85,6 +87,7 @@ class TrainConfig:
         need(self.max_steps is None or self.max_steps >= 1, "max_steps", ">= 1 (or none: every step)", self.max_steps)
         need(self.max_grad_norm is None or self.max_grad_norm > 0, "max_grad_norm", "> 0 (or none: no clipping)",
              self.max_grad_norm)
+        need(self.optimizer in ("adamw", "adamw8bit"), "optimizer", "adamw or adamw8bit", self.optimizer)
         need(self.max_length >= 2, "max_length", ">= 2 (a target needs a token before it)", self.max_length)
         for key in ("bucket", "eval_every", "save_every"):
             need(getattr(self, key) >= 0, key, ">= 0", getattr(self, key))
@@ -101,13 +104,6 @@ class TrainConfig:
         if late:
             raise UserError(f"{name}.checkpoint_steps {late[0]} is past the last step ({steps} steps in this run); "
                             "lower it or train longer")
-
-
-@dataclass
-class Progress:
-    step: int = 0
-    examples: int = 0
-    tokens: int = 0  # input tokens processed (padding excluded)
 
 
 class Objective(torch.nn.Module):
@@ -142,12 +138,6 @@ class NextTokenLoss:
         return nll.sum(), nll.detach().sum(dtype=torch.float64), int(batch["attention_mask"].sum())
 
 
-def _no_accelerator() -> bool:
-    """True on a CPU-only machine: accelerate then needs cpu=True to set up multi-process (gloo) training."""
-    current = getattr(getattr(torch, "accelerator", None), "current_accelerator", None)
-    return current() is None if current else not torch.cuda.is_available()
-
-
 def _autocast(device: torch.device, bf16: bool):
     return torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else nullcontext()
 
@@ -176,56 +166,19 @@ def plan(examples: list[Example], cfg: TrainConfig, world: int = 1) -> list[Step
     return steps[: cfg.max_steps] if cfg.max_steps else steps
 
 
-def _save_model(model, tok, path: Path, accelerator, progress: Progress) -> None:
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        quiet_loading()  # "Writing model shards" bars would bury the training bar
-        tmp = path.with_name(path.name + ".tmp")
-        accelerator.unwrap_model(model).lm.save_pretrained(tmp, safe_serialization=True)
-        if tok is not None:
-            tok.save_pretrained(tmp)
-        write_json(tmp / "progress.json", vars(progress))
-        if path.exists():
-            import shutil
-
-            shutil.rmtree(path)
-        tmp.rename(path)  # a checkpoint folder appears whole or not at all
-    accelerator.wait_for_everyone()
-
-
-def _save_resume(run: Run, model, optimizer, scheduler, progress: Progress, accelerator) -> None:
-    """Everything a resumed run needs, as tensors and plain Python values only (read back without pickle's
-    power to run code: `torch.load(weights_only=True)`)."""
-    if not accelerator.is_main_process:
-        return
-    kind, keys, pos, has_gauss, gauss = np.random.get_state()
-    state = {
-        "model": accelerator.unwrap_model(model).lm.state_dict(),
-        "optimizer": optimizer.state_dict(),
-        "scheduler": scheduler.state_dict(),
-        "progress": vars(progress).copy(),
-        "rng": {"torch": torch.get_rng_state(), "python": random.getstate(),
-                "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(gauss)]},
-    }
-    tmp = run.file("resume.pt.tmp")
-    torch.save(state, tmp)
-    tmp.replace(run.file(RESUME))
-
-
-def _load_resume(run: Run, model, optimizer, scheduler, accelerator) -> Progress:
-    try:
-        state = torch.load(run.file(RESUME), map_location="cpu", weights_only=True)
-    except Exception:  # noqa: BLE001 - whatever the file is, it is not a resume state of ours
-        raise UserError(f"{run.file(RESUME)} is not a resume state this toolkit wrote (it holds more than tensors "
-                        "and plain values, and is not unpickled); delete it to start the stage over") from None
-    accelerator.unwrap_model(model).lm.load_state_dict(state["model"])
-    optimizer.load_state_dict(state["optimizer"])
-    scheduler.load_state_dict(state["scheduler"])
-    torch.set_rng_state(state["rng"]["torch"])
-    kind, keys, pos, has_gauss, gauss = state["rng"]["numpy"]
-    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
-    random.setstate(tuple(tuple(x) if isinstance(x, list) else x for x in state["rng"]["python"]))
-    return Progress(**state["progress"])
+def _optimizer(params, cfg: TrainConfig, device: torch.device):
+    if cfg.optimizer == "adamw8bit":
+        try:
+            import bitsandbytes as bnb
+        except ImportError:
+            raise UserError("train.optimizer adamw8bit needs bitsandbytes: pip install bitsandbytes") from None
+        if device.type != "cuda":
+            raise UserError(f"train.optimizer adamw8bit runs on CUDA only (this run trains on {device.type}): use "
+                            "adamw") from None
+        return bnb.optim.AdamW8bit(params, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay, eps=1e-8)
+    # The fused kernel (CPU and CUDA) updates all parameters in one call; TRL uses it too.
+    return torch.optim.AdamW(params, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay, eps=1e-8,
+                             fused=device.type in ("cpu", "cuda"))
 
 
 def train(
@@ -239,6 +192,7 @@ def train(
     progress_bar: bool = True,
     save_final: bool = True,
     objective=None,
+    keep_checkpoints: bool = True,
 ) -> dict:
     """Train `model` in place on `examples`; write metrics, checkpoints and the final model into `run`.
 
@@ -253,6 +207,8 @@ def train(
         on_step: called after every optimizer step with (progress, unwrapped model), e.g. for snapshots.
         save_final: write the final model to `run/model` (off when the caller keeps only measurements).
         objective: the loss (`NextTokenLoss()` if none; `train.preference.PreferenceLoss` over pairs).
+        keep_checkpoints: write a model at every checkpoint mark (off: the marks only cut steps and call
+            `on_step` there, e.g. to measure the model in place; the resume state is still written at them).
 
     Returns:
         A summary dict (steps, examples, tokens, final train loss, last evaluation).
@@ -262,17 +218,21 @@ def train(
 
     if not examples:
         raise UserError("no training examples")
-    accelerator = Accelerator(cpu=_no_accelerator())
+    accelerator = Accelerator(cpu=no_accelerator())
     world = accelerator.num_processes
     steps = plan(examples, cfg, world)
     if not steps:
         raise UserError("the training data gives no optimizer step; lower the batch size or add data")
     torch.manual_seed(cfg.seed)
     params = [p for p in model.parameters() if p.requires_grad]
-    # The fused kernel (CPU and CUDA) updates all parameters in one call; TRL uses it too.
-    fused = accelerator.device.type in ("cpu", "cuda")
-    optimizer = torch.optim.AdamW(params, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay, eps=1e-8,
-                                  fused=fused)
+    if not params:
+        raise UserError("the model has no trainable parameter (every weight is frozen)")
+    if cfg.gradient_checkpointing:
+        if not hasattr(model, "gradient_checkpointing_enable"):
+            raise UserError("train.gradient_checkpointing needs a Hugging Face model")
+        # non-reentrant: gradients reach LoRA weights without the inputs requiring grad
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    optimizer = _optimizer(params, cfg, accelerator.device)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(cfg, len(steps)))
     model, optimizer = accelerator.prepare(Objective(model), optimizer)
     lm = accelerator.unwrap_model(model).lm  # the language model itself, wherever accelerate placed it
@@ -283,8 +243,9 @@ def train(
     objective.setup(lm, examples, steps, pad, device, run, cfg.eval_batch_size, accelerator.is_main_process)
     progress = Progress()
     if run.file(RESUME).exists():
-        progress = _load_resume(run, model, optimizer, scheduler, accelerator)
-        run.truncate_metrics(lambda r: r.get("step", 0) <= progress.step)
+        progress = load_resume(run, model, optimizer, scheduler, accelerator)
+        if accelerator.is_main_process:
+            run.truncate_metrics(lambda r: r.get("step", 0) <= progress.step)
         print(f"[train] resuming {run.path} at step {progress.step}/{len(steps)}")
     elif accelerator.is_main_process:
         run.truncate_metrics(lambda r: False)
@@ -362,16 +323,16 @@ def train(
         marks += [f"tokens-{t}" for t in token_marks if tokens_before < t <= progress.tokens]
         if progress.examples in cfg.checkpoint_examples:
             marks.append(f"examples-{progress.examples}")
-        for name in marks:
-            _save_model(model, tok, run.file("checkpoints") / name, accelerator, progress)
+        for name in marks if keep_checkpoints else ():
+            save_checkpoint(model, tok, run.file("checkpoints") / name, accelerator, progress)
         if on_step is not None:
             on_step(progress, lm)
         if not is_last and (marks or (cfg.save_every and progress.step % cfg.save_every == 0)):
-            _save_resume(run, model, optimizer, scheduler, progress, accelerator)
+            save_resume(run, model, optimizer, scheduler, progress, accelerator)
     bar.close()
 
     if save_final:
-        _save_model(model, tok, run.file("model"), accelerator, progress)
+        save_checkpoint(model, tok, run.file("model"), accelerator, progress)
     if accelerator.is_main_process:
         run.file(RESUME).unlink(missing_ok=True)
     elapsed = time.perf_counter() - t0

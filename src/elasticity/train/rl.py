@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from elasticity.errors import UserError
+from elasticity.ranks import no_accelerator
 
 RL = ("rloo", "grpo")
 
@@ -71,7 +72,7 @@ def rl_train(algorithm: str, model, tok, prompts: list[str], reward: Callable[[l
         adam_beta2=train.betas[1], weight_decay=train.weight_decay, max_grad_norm=train.max_grad_norm or 0.0,
         lr_scheduler_type="constant", warmup_steps=0, max_steps=steps, seed=seed, beta=cfg.beta,
         shuffle_dataset=False, save_strategy="no", report_to=[], logging_steps=1, disable_tqdm=True,
-        use_cpu=not _has_accelerator(), bf16=train.bf16, gradient_checkpointing=False)
+        use_cpu=no_accelerator(), bf16=train.bf16, gradient_checkpointing=train.gradient_checkpointing)
 
     def reward_func(prompts, completions, **_):
         return reward([p + c for p, c in zip(prompts, completions)] if score_prompt else list(completions))
@@ -95,10 +96,3 @@ def rl_train(algorithm: str, model, tok, prompts: list[str], reward: Callable[[l
     return {"steps": trainer.state.global_step, "prompts": trainer.state.global_step * per_step,
             "tokens": int(trainer.state.num_input_tokens_seen), "final_train_loss": losses[-1] if losses else None,
             "train_seconds_this_session": round(result.metrics.get("train_runtime", 0.0), 3), "algorithm": algorithm}
-
-
-def _has_accelerator() -> bool:
-    import torch
-
-    current = getattr(getattr(torch, "accelerator", None), "current_accelerator", None)
-    return current() is not None if current else torch.cuda.is_available()
