@@ -219,6 +219,11 @@ def train(
     if not examples:
         raise UserError("no training examples")
     accelerator = Accelerator(cpu=no_accelerator())
+    if accelerator.distributed_type.name in ("DEEPSPEED", "FSDP"):
+        # sharded parameters: saving needs a gathered state dict and measuring a forward on every rank, which the
+        # experiments do not do yet; data parallelism (--multi_gpu) is what runs today
+        raise UserError(f"accelerate's {accelerator.distributed_type.name} is not supported yet: launch with "
+                        "--multi_gpu (data parallel), or one process")
     world = accelerator.num_processes
     steps = plan(examples, cfg, world)
     if not steps:
