@@ -39,6 +39,22 @@ def test_samples_do_not_depend_on_batching(tiny_assets):
         [(r["prompt_index"], r["response"]) for r in many if r["prompt_index"] in (1, 3)]
 
 
+def test_a_large_prompt_pass_keeps_the_last_logits_only(tiny_assets, monkeypatch):
+    """Past CHUNK_FLOATS prompt logits, the prompt pass asks the model for its last position alone (a 152k
+    vocabulary would otherwise hold every prompt position's): the samples are the same."""
+    import elasticity.generate as g
+
+    model, tok = _model(tiny_assets)
+    policy = DecodingPolicy(temperature=0.8, top_p=0.9, max_new_tokens=12, samples_per_prompt=3, seed=7)
+    whole = generate(model, tok, PROMPTS, policy)
+    kept = []
+    forward = model.forward
+    monkeypatch.setattr(model, "forward", lambda *a, **k: kept.append(k.get("logits_to_keep")) or forward(*a, **k))
+    monkeypatch.setattr(g, "CHUNK_FLOATS", 0)
+    last = generate(model, tok, PROMPTS, policy)
+    assert set(kept) == {1} and [r["response"] for r in last] == [r["response"] for r in whole]
+
+
 def test_greedy_equals_transformers_generate(tiny_assets):
     model, tok = _model(tiny_assets)
     ours = generate(model, tok, PROMPTS, DecodingPolicy(temperature=0, max_new_tokens=10, batch_size=4))

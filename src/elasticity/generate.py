@@ -18,6 +18,7 @@ from elasticity.data.records import Fields, load_records
 from elasticity.data.tokenize import pad_id
 from elasticity.errors import UserError
 from elasticity.files import write_jsonl
+from elasticity.likelihood import CHUNK_FLOATS
 from elasticity.models.hf import context_length, load_causal_lm, load_config, load_tokenizer, resolve_model_source
 from elasticity.runs import run_stage
 
@@ -139,9 +140,15 @@ def _generate_batch(model, tok, ids: list[list[int]], rows, policy, pad, device)
     new = torch.empty((len(ids), 0), dtype=torch.long, device=device)
     done = torch.zeros(len(ids), dtype=torch.bool, device=device)
     step_ids, step_pos = input_ids, positions
+    # The prompt pass would compute logits at every prompt position; only the last is sampled from. Where those
+    # logits are large (a 152k vocabulary: 128 prompts x 64 tokens is 5 GB of float32) ask for the last alone;
+    # small ones are computed as before, so no number of a small model changes.
+    vocab = model.get_output_embeddings().weight.shape[0] if model.get_output_embeddings() is not None else 0
+    last_only = ({"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(type(model).forward).parameters
+                 and input_ids.numel() * vocab > CHUNK_FLOATS else {})
     for _ in range(policy.max_new_tokens):
         logits = model(input_ids=step_ids, attention_mask=mask, position_ids=step_pos,
-                       use_cache=True, **{cache_arg: cache}).logits[:, -1]  # (B, V)
+                       use_cache=True, **{cache_arg: cache}, **last_only).logits[:, -1]  # (B, V)
         token = _pick(logits.cpu(), policy, gens).to(device)
         token = torch.where(done, torch.full_like(token, pad), token)
         new = torch.cat([new, token[:, None]], dim=1)
