@@ -118,3 +118,31 @@ def test_on_demand_scorer_passes_through_on_a_cpu():
     assert next(inner.model.parameters()).device.type == "cpu"
     with resident(inner.model, torch.device("cpu")):  # a CPU device is a no-op
         assert next(inner.model.parameters()).device.type == "cpu"
+
+
+def test_base_log_probs_on_disk_equal_those_in_memory_and_the_base_is_loaded_once(tiny_assets, tmp_path,
+                                                                                   monkeypatch):
+    """With the base's log-probabilities too large for memory (CACHE_FLOATS 0 here), the base stage writes them
+    to disk and every later measurement reads them: the results are byte-identical, and the base model is
+    loaded for the base stage alone (a resumed or later process would not load it at all)."""
+    from test_ranks import _config
+
+    import elasticity.experiments.measurement as measurement
+    from elasticity.config import load_config
+    from elasticity.experiments.rebound import Config, rebound_stage
+    from elasticity.experiments.skeleton import Models
+
+    cfg = load_config(Config, _config(tiny_assets, tmp_path))
+    memory = rebound_stage(cfg, tmp_path / "memory")
+    loads = []
+    get = Models.get
+    monkeypatch.setattr(Models, "get", lambda self, source: loads.append(source) or get(self, source))
+    monkeypatch.setattr(measurement, "CACHE_FLOATS", 0)
+    disk = rebound_stage(cfg, tmp_path / "disk")
+    for name in ("results.csv", "metrics.csv"):
+        assert (disk.path / name).read_bytes() == (memory.path / name).read_bytes(), name
+    assert loads == [cfg.model]
+    (base,) = (tmp_path / "disk").glob("rebound-base-*")
+    sets = sorted(p.name for p in (base / "base_logprobs").iterdir())
+    assert len(sets) == 3 and all((base / "base_logprobs" / s / "complete").is_file() for s in sets)
+    assert not (next((tmp_path / "memory").glob("rebound-base-*")) / "base_logprobs").exists()

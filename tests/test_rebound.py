@@ -7,6 +7,7 @@ import json
 import math
 import random
 import re
+from pathlib import Path
 
 import pytest
 import torch
@@ -414,7 +415,13 @@ def test_lora_makes_the_trained_stages_other_stages(setup, monkeypatch):
 
     cfg, _ = setup
     keys: dict[str, list] = {}
-    monkeypatch.setattr(rebound, "stage", lambda root, name, key, *a, **k: keys.setdefault(name, []).append(key))
+    from elasticity.runs import Run
+
+    def stage(root, name, key, *a, **k):
+        keys.setdefault(name, []).append(key)
+        return Run(Path(root) / name)
+
+    monkeypatch.setattr(rebound, "stage", stage)
     rebound_stage(cfg, setup[1] / "unused")
     full, keys = keys, {}
     rebound_stage(dataclasses.replace(cfg, lora=LoraSettings(r=4)), setup[1] / "unused")

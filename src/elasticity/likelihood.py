@@ -168,8 +168,9 @@ def token_scores(model, input_ids: torch.Tensor, targets: torch.Tensor, attentio
         offset: the input position of targets[:, 0].
         reference: a second causal LM on the same tokens (any device); teacher-forced on the same inputs.
         direction: "forward" for KL(model || reference), "reverse" for KL(reference || model).
-        reference_cache: a dict the caller keeps for this very batch: the reference's log-probabilities are
-            stored there on the first call and read back on later ones (the reference then does not run).
+        reference_cache: a mapping the caller keeps for this very batch (chunk offset -> log-probabilities): the
+            reference's are stored there on the first call and read back on later ones (the reference then does
+            not run, and may be None).
         bf16: bfloat16 autocast for the forward passes (log-probabilities stay float32).
         chunk_floats: the most logits one chunk may hold.
 
@@ -181,7 +182,8 @@ def token_scores(model, input_ids: torch.Tensor, targets: torch.Tensor, attentio
     autocast = torch.autocast(input_ids.device.type, dtype=torch.bfloat16) if bf16 else nullcontext()
     nll_parts, kl_parts = [], []
     with autocast:
-        cached = reference is not None and reference_cache is not None and 0 in reference_cache
+        # a filled cache stands for the reference, which then need not be given (nor loaded) at all
+        cached = reference_cache is not None and 0 in reference_cache
         references = None
         if reference is not None and not cached:
             references = _reference_log_probs(reference, input_ids, attention_mask, offset, width, chunk_floats,
@@ -189,8 +191,10 @@ def token_scores(model, input_ids: torch.Tensor, targets: torch.Tensor, attentio
         for a, h, head, keep in _chunks(model, input_ids, attention_mask, offset, width, chunk_floats):
             tgt, m = targets[:, a:a + keep], mask[:, a:a + keep]
             logq = None
-            if reference is not None:
-                logq = reference_cache[a] if cached else next(references)[1]
+            if cached:
+                logq = reference_cache[a].to(input_ids.device)  # a cache on disk holds CPU tensors
+            elif reference is not None:
+                logq = next(references)[1]
                 if reference_cache is not None:
                     reference_cache[a] = logq
 

@@ -24,16 +24,20 @@ from __future__ import annotations
 import math
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
 
 from elasticity import ranks
 from elasticity.data.tokenize import encode_pair, encode_text, pad_id
+from elasticity.experiments.base_logprobs import DiskSet
 from elasticity.experiments.skeleton import Models, say
 from elasticity.files import append_jsonl
 from elasticity.generate import DecodingPolicy, generate
 from elasticity.likelihood import teacher_forced
+from elasticity.models.hf import load_config, load_tokenizer
 from elasticity.results import BUILT_IN_PAIRS, Measurement, Point
 from elasticity.runs import Run
 from elasticity.stats import clustered_mean_se
@@ -48,7 +52,9 @@ class Evaluator:
     Attributes:
         scorer: behaviour scorer (higher = more aligned).
         tok: the tokenizer every model shares.
-        base: the base model (KL reference), in eval mode.
+        base: a function that loads the base model (the KL reference), called only if its log-probabilities
+            are not cached yet.
+        vocab: the base's vocabulary (output rows), which sizes the cache.
         prompts: evaluation prompts.
         policy: decoding policy of the samples.
         pairs: the held-out prompt/response sets, by name (`results.BUILT_IN_PAIRS`).
@@ -57,11 +63,14 @@ class Evaluator:
         score_prompt: score prompt + response (True) or the response alone.
         batch_size: sequences per teacher-forced forward pass.
         batch_tokens: positions (padding included) per teacher-forced forward pass.
+        cache_dir: where the base's log-probabilities go when they do not fit in memory (`base_logprobs`);
+            None: recompute them with the base at every grid point.
     """
 
     scorer: object
     tok: object
-    base: object
+    base: Callable[[], object]
+    vocab: int
     prompts: list[str]
     policy: DecodingPolicy
     pairs: dict[str, list[dict]]
@@ -70,6 +79,7 @@ class Evaluator:
     score_prompt: bool = True
     batch_size: int = 32
     batch_tokens: int | None = None
+    cache_dir: Path | None = None
 
     def __post_init__(self) -> None:
         assert tuple(self.pairs) == BUILT_IN_PAIRS, "the measurement's columns name the positive and negative sets"
@@ -78,17 +88,30 @@ class Evaluator:
         self._texts = {k: [encode_text(self.tok, t, self.max_length) for t in v] for k, v in self.texts.items()}
         self.truncated = sum(ex.truncated for v in [*self._pairs.values(), *self._texts.values()] for ex in v)
         self.pad_id = pad_id(self.tok)
-        # The base's log-probabilities on the fixed sets are the same at every grid point: keep them if they fit
-        # in CACHE_FLOATS (a tiny model's ~10^7 floats), else recompute them (a 7B model's vocabulary would not).
-        positions = sum(len(ex.input_ids) for v in [*self._pairs.values(), *self._texts.values()] for ex in v)
-        vocab = self.base.get_output_embeddings().weight.shape[0] if self.base is not None else 0
-        self._cache = {} if positions * vocab <= CACHE_FLOATS else None
-        # On a GPU the base waits in CPU memory and comes in only to be measured against (as the scorer's model
-        # does, `OnDemand`): the trained model and its optimizer stay in GPU memory beside one of them at a time.
-        self._base_device = _park(self.base)
+        # The base's log-probabilities on the fixed sets are the same at every grid point: kept in memory if they
+        # fit in CACHE_FLOATS (a tiny model's ~10^7 floats), else on disk (a 7B model's ~4 x 10^9).
+        self.positions = sum(len(ex.input_ids) for v in [*self._pairs.values(), *self._texts.values()] for ex in v)
+        in_memory = self.positions * self.vocab <= CACHE_FLOATS
+        names = [*self._pairs, *("text:" + n for n in self._texts)]
+        self._cache = ({n: {} for n in names} if in_memory else {} if self.cache_dir is None else
+                       {n: DiskSet(Path(self.cache_dir) / n.replace(":", "-")) for n in names})
+        self._base, self.base_device = None, None
 
-    def _cached(self, name: str) -> dict | None:
-        return None if self._cache is None else self._cache.setdefault(name, {})
+    def base_model(self):
+        """The base model, loaded once (and kept in CPU memory between uses on a GPU)."""
+        if self._base is None:
+            # On a GPU the base waits in CPU memory and comes in only to be measured against (as the scorer's
+            # model does, `OnDemand`): the trained model and its optimizer stay beside one of them at a time.
+            self._base = self.base()
+            self.base_device = _park(self._base)
+        return self._base
+
+    def _reference(self, name: str):
+        """(the cache of a set, the base model if that cache is not filled yet; None once it is on disk)."""
+        cache = self._cache.get(name)
+        if isinstance(cache, DiskSet) and cache.complete:
+            return cache, None
+        return cache, self.base_model()
 
     def measure(self, model) -> tuple[Measurement, list[dict]]:
         """Every measurement of `model`, and its scored samples (its train/eval mode is restored afterwards)."""
@@ -103,21 +126,29 @@ class Evaluator:
         samples = generate(model, self.tok, self.prompts, self.policy)
         texts = [(s["prompt"] + s["response"]) if self.score_prompt else s["response"] for s in samples]
         scores = [float(v) for v in self.scorer.score(texts)]
-        with resident(self.base, self._base_device):
-            return self._teacher_forced(model, samples, scores)
+        return self._teacher_forced(model, samples, scores)
+
+    def _scored(self, model, name: str, examples: list):
+        cache, base = self._reference(name)
+        with resident(base, self.base_device):
+            scored = teacher_forced(model, examples, self.pad_id, self.batch_size, reference=base, cache=cache,
+                                    batch_tokens=self.batch_tokens)
+        if isinstance(cache, DiskSet) and not cache.complete:
+            cache.finish()
+            if all(c.complete for c in self._cache.values()):
+                self._base = None  # every set is on disk: the base is not needed again
+        return scored
 
     def _teacher_forced(self, model, samples: list[dict], scores: list[float]) -> tuple[Measurement, list[dict]]:
         mean, se = clustered_mean_se(scores, [s["prompt_index"] for s in samples])
         bits, kl_to_base = {}, {}
         kl_nats, kl_tokens = 0.0, 0
         for name, examples in self._pairs.items():
-            s = teacher_forced(model, examples, self.pad_id, self.batch_size, reference=self.base,
-                               cache=self._cached(name), batch_tokens=self.batch_tokens)
+            s = self._scored(model, name, examples)
             bits[name] = s.bits_per_token
             kl_nats, kl_tokens = kl_nats + s.kl, kl_tokens + s.tokens
         for name, examples in self._texts.items():
-            s = teacher_forced(model, examples, self.pad_id, self.batch_size, reference=self.base,
-                               cache=self._cached("text:" + name), batch_tokens=self.batch_tokens)
+            s = self._scored(model, "text:" + name, examples)
             bits[name] = s.bits_per_token
             kl_to_base[name] = s.kl_per_token
         for s, v in zip(samples, scores):
@@ -142,8 +173,9 @@ def _park(module):
 
 @contextmanager
 def resident(module, device):
-    """`module` on `device` for the block, back in CPU memory after it; a no-op for the CPU or no model."""
-    if module is None or device is None or device.type == "cpu":
+    """`module` on `device` for the block, back in CPU memory after it; a no-op for the CPU, no model, or a model
+    already there (an outer block brought it)."""
+    if module is None or device is None or device.type == "cpu" or next(module.parameters()).device == device:
         yield
         return
     module.to(device)
@@ -178,14 +210,17 @@ class Kit:
     def __init__(self, cfg, data, scorer):  # a rebound Config and its checked Data
         self.cfg, self.data, self.models, self._ev = cfg, data, Models(cfg), None
         self.scorer = OnDemand(scorer)
+        self.cache_dir: Path | None = None  # the base stage's `base_logprobs/`, set once that stage is known
 
     def evaluator(self):
         if self._ev is None:
-            base, tok = self.models.with_tokenizer(self.cfg.model)
-            self._ev = Evaluator(self.scorer, tok, base, self.data.prompts, self.cfg.policy,
-                                 self.data.heldout_pairs, self.data.texts, self.cfg.train.max_length,
-                                 self.cfg.eval.score_prompt, self.cfg.eval.batch_size,
-                                 self.cfg.eval.batch_tokens)
+            tok = load_tokenizer(self.cfg.model, self.cfg.trust_remote_code)
+            config = load_config(self.cfg.model, self.cfg.trust_remote_code)
+            vocab = (config.get_text_config() if hasattr(config, "get_text_config") else config).vocab_size
+            self._ev = Evaluator(self.scorer, tok, lambda: self.models.get(self.cfg.model), vocab, self.data.prompts,
+                                 self.cfg.policy, self.data.heldout_pairs, self.data.texts, self.cfg.train.max_length,
+                                 self.cfg.eval.score_prompt, self.cfg.eval.batch_size, self.cfg.eval.batch_tokens,
+                                 self.cache_dir)
             if self._ev.truncated:
                 say("rebound", f"{self._ev.truncated} evaluation sequences truncated to {self.cfg.train.max_length} "
                                "tokens")

@@ -10,7 +10,8 @@ model, is always measured; so is the base model.
 
 Stages (each cached; an interrupted experiment redoes only what is missing):
 
-    rebound-base-<h>/       points.jsonl (the base model's measurements), samples.jsonl
+    rebound-base-<h>/       points.jsonl (the base model's measurements), samples.jsonl, and base_logprobs/ when the
+                            base's log-probabilities on the measuring sets are too large to keep in memory
     rebound-positive-<h>/   one per seed: checkpoints/examples-<Q1>/ (the aligned models), marks.json
     rebound-negative-<h>/   one per (Q1, seed): points.jsonl, one line per finished Q2 (a resumed run skips
                             those and the training loop resumes from its last Q2), samples.jsonl
@@ -40,7 +41,7 @@ from elasticity.analysis.rebound import analyse
 from elasticity.config import InputPath
 from elasticity.data.records import load_records
 from elasticity.errors import UserError
-from elasticity.experiments.measurement import Kit
+from elasticity.experiments.measurement import Kit, resident
 from elasticity.experiments.rebound_steps import (
     check_steps,
     preference_pools,
@@ -235,7 +236,10 @@ def base_stage(cfg: Config, data: Data, kit: Kit, runs_root: Path) -> Run:
     def work(run: Run) -> None:
         for p in (run.file("points.jsonl"), run.file("samples.jsonl")):
             p.unlink(missing_ok=True)
-        kit.record(run, kit.models.get(cfg.model), 0, None, 0, 0, 0, 0, None, "base model")
+        kit.cache_dir = run.file("base_logprobs")  # the base's log-probabilities, for every later grid point
+        evaluator = kit.evaluator()
+        with resident(evaluator.base_model(), evaluator.base_device):
+            kit.record(run, evaluator.base_model(), 0, None, 0, 0, 0, 0, None, "base model")
 
     return stage(runs_root, "rebound-base", _measure_key(cfg, data), _inputs(cfg), work)
 
@@ -372,6 +376,7 @@ def rebound_stage(cfg: Config, runs_root: Path) -> Run:
     kit = Kit(cfg, data, build_scorer_for(cfg.scorer, cfg.reverse))  # a missing scorer model fails here, before
     # any run directory
     base = base_stage(cfg, data, kit, runs_root)
+    kit.cache_dir = base.file("base_logprobs")
     positives, negatives = {}, {}
     for seed in cfg.seeds:
         positives[seed] = positive_stage(cfg, data, kit, seed, runs_root)
