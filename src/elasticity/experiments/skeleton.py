@@ -74,6 +74,11 @@ def check_experiment(cfg: ExperimentConfig, required: tuple[str, ...], scored: b
     resolve_model_source(cfg.model)
     if cfg.dtype not in DTYPES:
         raise UserError(f"dtype must be one of {', '.join(DTYPES)}, got {cfg.dtype!r}")
+    if cfg.dtype == "bfloat16" and not cfg.lora.r:
+        # bfloat16 keeps 8 bits of mantissa: AdamW at lr 1e-5 moves a weight of 0.01 by a sixth of its rounding step
+        say("elasticity", "note: dtype bfloat16 trains every weight in bfloat16, which rounds away an update smaller "
+                          "than 1/512 of a weight; for a full fine-tune at a small lr prefer float32 weights with "
+                          "--train.bf16 true (mixed precision) and, on a GPU, --train.optimizer adamw8bit")
     cfg.lora.check()
     if cfg.lora.r > 0:
         check_lora_targets(cfg.lora, load_config(cfg.model, cfg.trust_remote_code), cfg.trust_remote_code)
