@@ -5,11 +5,14 @@ configs and tokenizers of models that are local folders or in the Hugging Face c
 counts, from a model built on the meta device, and exact token counts). What is not here is named as such, and
 the counts that need it become upper bounds (examples x max_length), marked "<=".
 
-Resources are first-order estimates for the code as it is, stated with their assumptions (`ASSUMPTIONS`):
-training memory = 16 bytes a parameter (fp32 weights, gradients, AdamW's two moments) + a float32 copy of the base
-for KL + the scorer + activations (no gradient checkpointing); disk = the kept aligned checkpoints + the peak of
-one negative run's checkpoints and resume states; GPU-hours from 6N FLOPs a trained token and 2N a measured or
-generated one at an assumed utilisation of an H100.
+Resources are first-order estimates for the code as it is (`experiments.memory`, which names every part): GPU
+memory per process = the model in `dtype`, its gradients and AdamW state in the trained parameters' dtype (or
+LoRA's float32 adapters alone), activations (with or without gradient checkpointing), the output head's logits
+chunk, or, when measuring, the trained model and its optimizer state beside the largest of a teacher-forced batch,
+the scorer and generation; disk = the kept aligned checkpoints + one resume state (twice while it is replaced) +
+the base's log-probabilities. A model not on this machine takes its architecture from `memory.KNOWN` where it is
+listed. GPU-hours from 6N FLOPs a trained token (4N with LoRA, +2N with gradient checkpointing) and 2N a measured
+or generated one, at an assumed utilisation of an H100.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from elasticity.data.adapters import adapter
 from elasticity.data.prepare import check_data, defaults, prepare
 from elasticity.data.sources import HUB_PREFIX
 from elasticity.data.tokenize import encode_pair
+from elasticity.experiments import memory
 from elasticity.experiments.presets import Config, ModelEntry, Suite, check_suite, config_for, entries  # noqa: F401
 from elasticity.experiments.skeleton import seed_order
 from elasticity.hub import cached_commit, hub_cached, model_folder, split_revision
@@ -31,15 +35,17 @@ from elasticity.models.hf import parameter_count
 
 __all__ = ["Config", "config_for", "run", "build_plan"]
 
-GIB = 2**30
+GIB = memory.GIB
 ASSUMPTIONS = {
     "gpu": "one H100-class GPU: 989 TFLOP/s dense bf16",
     "training_utilisation": 0.35,  # model FLOPs utilisation of a full fine-tune
     "inference_utilisation": 0.05,  # sampling is bound by memory bandwidth, not FLOPs
-    "training_bytes_per_parameter": 16,  # fp32 weights + gradients + AdamW moments (the loop's state today)
-    "reference_bytes_per_parameter": 4,  # the base model kept in float32 for KL
-    "checkpoint_bytes_per_parameter": 4,  # a float32 safetensors checkpoint
-    "resume_bytes_per_parameter": 12,  # weights + AdamW moments
+    "bytes_per_parameter": "weights, gradients and AdamW's two moments in dtype (float32 16, bfloat16 8); "
+                           "adamw8bit's moments 2; LoRA adapters float32",
+    "measuring": "the trained model and its optimizer state stay on the GPU; the scorer comes on only to score; "
+                 "the base's log-probabilities are read back (the base is on the GPU in its own stage alone)",
+    "runtime_gib": memory.RUNTIME_BYTES / GIB,  # CUDA context and allocator slack, added before a card fits
+    "disk": "kept checkpoints in dtype (or the adapters) + one resume state, twice while it is replaced",
 }
 PEAK_FLOPS = 989e12
 
@@ -50,8 +56,9 @@ class Model:
     available: str  # local / cached / hub (not on this machine)
     parameters: float | None
     parameters_from: str
-    config: object | None  # the HF config, where it is here
+    config: object | None  # the HF config, where it is here (or in memory.KNOWN)
     tokenizer: object | None
+    architecture_from: str = "config"  # config / known (memory.KNOWN, the model not here) / unknown
 
 
 def _available(source: str) -> str:
@@ -79,7 +86,12 @@ def _read_model(entry: ModelEntry) -> Model:
             tok = AutoTokenizer.from_pretrained(str(folder))
         except Exception:  # noqa: BLE001 - a model plan cannot read is described by the preset alone
             pass
-    return Model(entry, available, params, origin, config, tok)
+    architecture = "config" if config is not None else "unknown"
+    if config is None and (config := memory.known_config(entry.model)) is not None:
+        architecture = "known"  # a published config.json of memory.KNOWN: the shapes, not the parameter count
+        if not params:
+            params, origin = float(memory.known_parameters(entry.model)), "known architecture"
+    return Model(entry, available, params, origin, config, tok, architecture)
 
 
 def _data(cfg: Suite, models: list[Model]) -> tuple[dict, object | None]:
@@ -180,9 +192,13 @@ def _rebound_stages(cfg, prepared, model: Model) -> tuple[list[dict], dict]:
     ]
     totals = {"training_tokens": pos_tokens + neg_tokens, "measurements": measures, "generations": gens,
               "generated_tokens_at_most": None if gens is None else gens * pol.max_new_tokens,
-              "measured_tokens_at_most": sequences * t.max_length * 2 + extra,  # the model and the base on
-              # each, and the preference steps' reference pass and samples (RL's and on-policy pairs')
-              "kept_checkpoints": len(seeds) * len(q1), "peak_run_checkpoints": len(q2) - 1}
+              "measured_tokens_at_most": (sequences + 2 * ev.pairs + ev.docs) * t.max_length + extra,  # the
+              # model on each set, the base once (its log-probabilities are kept), and the preference steps'
+              # reference pass and samples (RL's and on-policy pairs')
+              # every Q1 and the positive run's final model (the last Q1's weights again), per seed; with
+              # keep_models every negative run's Q2 checkpoints and final model too
+              "kept_checkpoints": len(seeds) * (len(q1) + 1) + (len(seeds) * len(q1) * len(q2) if cfg.keep_models
+                                                                 else 0)}
     return stages, totals
 
 
@@ -213,42 +229,37 @@ def _resistance_stages(cfg, prepared, model: Model) -> tuple[list[dict], dict]:
     ]
     totals = {"training_tokens": None if align_tokens is None else align_tokens + (path_tokens or 0),
               "generations": gens, "generated_tokens_at_most": None if gens is None else gens * pol.max_new_tokens,
-              "measured_tokens_at_most": None, "kept_checkpoints": len(seeds) * n, "peak_run_checkpoints": 1}
+              "measured_tokens_at_most": None, "kept_checkpoints": len(seeds) * n + (paths if cfg.keep_models else 0)}
     return stages, totals
 
 
-def _activation_bytes(config, batch: int, length: int, bf16: bool) -> float | None:
-    """Activations kept for the backward pass, per layer s*b*h*(34 + 5*a*s/h) bytes at 16 bits (Korthikanti et
-    al. 2022), without gradient checkpointing; fp32 doubles it."""
-    if config is None:
-        return None
-    cfg = getattr(config, "text_config", None) or config
-    h = getattr(cfg, "hidden_size", None) or getattr(cfg, "n_embd", None)
-    layers = getattr(cfg, "num_hidden_layers", None) or getattr(cfg, "n_layer", None)
-    heads = getattr(cfg, "num_attention_heads", None) or getattr(cfg, "n_head", None)
-    if not (h and layers and heads):
-        return None
-    per_layer = length * batch * h * (34 + 5 * heads * length / h)
-    return layers * per_layer * (1 if bf16 else 2)
+def _gib(x: float) -> float:
+    return round(x / GIB, 2)
 
 
-def _resources(cfg, model: Model, totals: dict, scorer_params: float | None) -> dict:
+def _resources(cfg, model: Model, totals: dict, scorer_params: float | None, prompt_tokens: int | None) -> dict:
     n = model.parameters
     if not n:
         return {"note": "parameter count unknown: give models[].parameters in the preset"}
-    t = cfg.train if hasattr(cfg, "train") else cfg.align
-    a = ASSUMPTIONS
-    act = _activation_bytes(model.config, t.batch_size, t.max_length, t.bf16)
-    memory = n * (a["training_bytes_per_parameter"] + a["reference_bytes_per_parameter"])
-    memory += (scorer_params or 0) * 4 + (act or 0)
-    disk = n * (totals["kept_checkpoints"] * a["checkpoint_bytes_per_parameter"] + totals["peak_run_checkpoints"] *
-                (a["checkpoint_bytes_per_parameter"] + a["resume_bytes_per_parameter"]))
-    train_flops = 6 * n * (totals["training_tokens"] or 0)
+    lora = None
+    if cfg.lora.r > 0 and model.config is not None:  # exact: peft's own wrap on the meta device
+        lora = memory.lora_parameters(model.config, cfg.lora, cfg.trust_remote_code)
+    mem = memory.gpu_memory(n, model.config, cfg, lora, scorer_params, prompt_tokens)
+    disk = memory.disk(n, model.config, cfg, totals["kept_checkpoints"], lora)
+    trains = [cfg.train] if hasattr(cfg, "train") else [cfg.align, cfg.finetune]
+    per_token = (4 if lora else 6) + (2 if any(t.gradient_checkpointing for t in trains) else 0)  # FLOPs / N
+    train_flops = per_token * n * (totals["training_tokens"] or 0)
     infer_flops = 2 * n * ((totals["generated_tokens_at_most"] or 0) + (totals["measured_tokens_at_most"] or 0))
+    a = ASSUMPTIONS
     seconds = train_flops / (PEAK_FLOPS * a["training_utilisation"]) + \
         infer_flops / (PEAK_FLOPS * a["inference_utilisation"])
-    return {"gpu_memory_gib": round(memory / GIB, 1), "activations_included": act is not None,
-            "disk_gib": round(disk / GIB, 1), "gpu_hours": round(seconds / 3600, 2)}
+    parts = {k: _gib(v) for k, v in mem.items() if isinstance(v, float | int) and not isinstance(v, bool)}
+    return {"gpu_memory_gib": round(mem["total"] / GIB, 1), "gpu_memory": parts, "peak": mem["peak"],
+            "fits": mem["fits"], "lora_parameters": lora, "prompt_tokens": prompt_tokens,
+            "architecture_from": model.architecture_from,
+            "activations_included": model.config is not None, "disk_gib": round(disk["total"] / GIB, 1),
+            "disk": {k: _gib(v) for k, v in disk.items()}, "kept_checkpoints": totals["kept_checkpoints"],
+            "gpu_hours": round(seconds / 3600, 2)}
 
 
 def _scorer(cfg) -> dict:
@@ -256,7 +267,8 @@ def _scorer(cfg) -> dict:
     if s.name not in ("classifier", "score-model"):
         return {"name": s.name, "parameters": None}
     m = _read_model(ModelEntry(s.model))
-    return {"name": s.name, "model": s.model, "available": m.available, "parameters": m.parameters}
+    return {"name": s.name, "model": s.model, "available": m.available, "parameters": m.parameters,
+            "parameters_from": m.parameters_from}
 
 
 def build_plan(cfg: Suite) -> dict:
@@ -269,13 +281,16 @@ def build_plan(cfg: Suite) -> dict:
     per_model = []
     for m in models:
         stages, totals = stage_fn(cfg, prepared, m)
+        prompt_tokens = None  # the longest evaluation prompt, where the data and tokenizer are here
+        if prepared is not None and m.tokenizer is not None and prepared.prompts:
+            prompt_tokens = max(len(m.tokenizer(p)["input_ids"]) for p in prepared.prompts)
         repo, revision = split_revision(m.entry.model)
         per_model.append({
             "model": m.entry.model, "label": m.entry.label or m.entry.model, "revision": revision,
             "commit": cached_commit(m.entry.model), "available": m.available, "parameters": m.parameters,
             "parameters_from": m.parameters_from, "pretraining_tokens": m.entry.tokens or None,
             "stages": stages, "totals": totals,
-            "resources": _resources(cfg, m, totals, scorer and scorer.get("parameters")),
+            "resources": _resources(cfg, m, totals, scorer and scorer.get("parameters"), prompt_tokens),
         })
     return {"experiment": cfg.experiment, "paper": cfg.paper, "data": data, "scorer": scorer,
             "models": per_model, "assumptions": ASSUMPTIONS, "config": to_dict(cfg)}
@@ -287,6 +302,38 @@ def _fmt(x) -> str:
     if isinstance(x, float) and not x.is_integer():
         return f"{x:,.2f}"
     return f"{int(x):,}" if isinstance(x, (int, float)) and math.isfinite(x) else str(x)
+
+
+def _parts(parts: dict, names: tuple[str, ...]) -> str:
+    return ", ".join(f"{k.replace('_', ' ')} {parts[k]}" for k in names if parts.get(k))
+
+
+def _resource_lines(r: dict) -> list[str]:
+    if "note" in r:
+        return [f"  resources: {r['note']}"]
+    g, d = r["gpu_memory"], r["disk"]
+    shapes = {"config": "", "known": " (architecture from memory.KNOWN: the model is not here)",
+              "unknown": " (activations, logits and generation not included: no config here)"}
+    fits = ", ".join(f"{k} {'yes' if v else 'no'}" for k, v in r["fits"].items())
+    lines = [f"  GPU memory per process: {r['gpu_memory_gib']} GiB at the {r['peak']} peak"
+             + shapes[r["architecture_from"]],
+             f"    training {g['training']} GiB: " + _parts(g, ("weights", "gradients", "optimizer", "autocast_copies",
+                                                                "activations", "logits_chunk",
+                                                                "head_gradient_temporary"))
+             + (f" (LoRA: {r['lora_parameters']:,} trained parameters)" if r["lora_parameters"] else ""),
+             f"    measuring {g['measuring']} GiB: the trained model (a rebound's optimizer state too) and the largest "
+             f"of: a teacher-forced batch {g['teacher_forced']}"
+             + (f" with a second model {g['reference']}" if g.get("reference") else "")
+             + (f" and the base's log-probabilities {g['base_cache']}" if g.get("base_cache") else "")
+             + f", the scorer {g['scorer']}, generation {g['generation']}"
+             + ("" if r["prompt_tokens"] else " (prompts <= max_length tokens: the data is not here)"),
+             f"    fits one GPU (with {ASSUMPTIONS['runtime_gib']} GiB for the CUDA runtime): {fits}",
+             f"  disk at peak: {r['disk_gib']} GiB: {r['kept_checkpoints']} kept checkpoints {d['kept_checkpoints']}"
+             f" GiB + a resume state {d['resume_state']} GiB (x2 while it is replaced)"
+             + (f" + the base's log-probabilities <= {d['base_logprobs']} GiB" if d.get("base_logprobs") else "")
+             + "; measurements negligible",
+             f"  GPU-hours: {r['gpu_hours']}"]
+    return lines
 
 
 def text_plan(plan: dict) -> str:
@@ -314,13 +361,7 @@ def text_plan(plan: dict) -> str:
             extra = ", ".join(f"{k.replace('_', ' ')} {bound if k == 'training_tokens' else ''}{_fmt(v)}"
                               for k, v in s.items() if k not in ("stage", "exact"))
             lines.append(f"  {s['stage']}: {extra}")
-        r = m["resources"]
-        if "note" in r:
-            lines.append(f"  resources: {r['note']}")
-        else:
-            lines.append(f"  estimate: {r['gpu_memory_gib']} GiB GPU memory per process"
-                         + ("" if r["activations_included"] else " (activations not included: config not here)")
-                         + f", {r['disk_gib']} GiB disk at peak, {r['gpu_hours']} GPU-hours")
+        lines += _resource_lines(m["resources"])
     lines.append("estimates assume " + ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in plan["assumptions"].items()))
     return "\n".join(lines)
 
