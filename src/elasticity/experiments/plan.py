@@ -195,10 +195,10 @@ def _rebound_stages(cfg, prepared, model: Model) -> tuple[list[dict], dict]:
               "measured_tokens_at_most": (sequences + 2 * ev.pairs + ev.docs) * t.max_length + extra,  # the
               # model on each set, the base once (its log-probabilities are kept), and the preference steps'
               # reference pass and samples (RL's and on-policy pairs')
-              # every Q1 and the positive run's final model (the last Q1's weights again), per seed; with
-              # keep_models every negative run's Q2 checkpoints and final model too
-              "kept_checkpoints": len(seeds) * (len(q1) + 1) + (len(seeds) * len(q1) * len(q2) if cfg.keep_models
-                                                                 else 0)}
+              # every Q1 per seed (the last is the positive run's final model); with keep_models every negative
+              # run's Q2 checkpoints too
+              "kept_checkpoints": len(seeds) * len(q1) + (len(seeds) * len(q1) * len(q2) if cfg.keep_models
+                                                          else 0)}
     return stages, totals
 
 

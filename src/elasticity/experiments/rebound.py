@@ -271,7 +271,8 @@ def positive_stage(cfg: Config, data: Data, kit: Kit, seed: int, runs_root: Path
                 if progress.examples in data.q1:
                     marks[progress.examples] = {"tokens": progress.tokens, "steps": progress.step}
 
-            summary = train(model, tok, examples, tcfg, run, on_step=on_step, objective=objective)
+            summary = train(model, tok, examples, tcfg, run, on_step=on_step, objective=objective,
+                            save_final=False)  # the last Q1 checkpoint is the final model
         if len(marks) < len(data.q1):  # resumed: marks before the resume point come from the checkpoints
             for q in data.q1:
                 progress = json.loads((run.file("checkpoints") / f"examples-{q}" / "progress.json").read_text())
