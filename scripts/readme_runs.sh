@@ -53,7 +53,8 @@ for step in $STEPS; do
     bench) .venv/bin/python -m pip install -q -e '.[bench]'
       timed bench_train .venv/bin/python benchmarks/train_vs_trl.py
       timed bench_compress .venv/bin/python benchmarks/compress_vs_lm_eval.py --docs 200 --repeats 3 \
-        --max-length 64 256 1024 ;;
+        --max-length 64 256 1024
+      timed bench_memory .venv/bin/python benchmarks/memory_rebound.py ;;
     *) echo "readme_runs: unknown step '$step' (steps: demo scaling sweep ladder resistance4 algorithms algorithms_rl bench)" >&2; exit 2 ;;
   esac
 done
