@@ -34,9 +34,9 @@ timed() {  # timed STEP COMMAND...: run it, its output and its time in OUT/STEP.
 }
 
 world() { ls -d runs/world-* | head -1; }
-final_1m() {  # the demo's 1m model: the pre-training run the scaling run lists as "1m"
-  .venv/bin/python -c "import csv, glob; print(next(r['model'] for r in csv.DictReader(open(sorted(glob.glob(
-'runs/scaling-*/models.csv'))[-1])) if r['label'] == '1m'))"
+final_1m() {  # the demo's 1m model: the pre-training run its resistance section trained from (the scaling run
+  # lists the same run as "1m")
+  sed -n 's/^model: //p' "$(ls -d runs/resistance-* | head -1)/config.yaml" | head -1
 }
 
 for step in $STEPS; do
