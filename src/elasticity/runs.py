@@ -208,28 +208,25 @@ def planned_run(runs_root: Path, stage: str, config: Any, inputs: dict[str, Any]
 
 
 def check_runs_root(path: Path) -> None:
-    """A runs directory that is a file, lies under a file or cannot be written is one clear line, before any work;
-    the check leaves nothing behind (folders it made to try are removed)."""
-    path, made = Path(path), []
+    """A runs directory that is a file, lies under a file or cannot be written is one clear line, before any work.
+
+    The check makes no folder of the runs path: it tries to make a folder of its own (named after this process) in
+    the nearest one that exists, and removes it. Two commands started together on a new runs directory would
+    otherwise make and remove the same folders under each other.
+    """
+    path = Path(path)
     existing = path
     while not existing.exists() and existing != existing.parent:
-        made.append(existing)
         existing = existing.parent
     if not existing.is_dir():
         raise UserError(f"runs directory {path}: a file stands where a folder must be ({existing}); choose another "
                         "--runs-dir")
+    probe = existing / f".write-check-{os.getpid()}"
     try:
-        for folder in reversed(made):
-            folder.mkdir()
-        probe = path / f".write-check-{os.getpid()}"
-        probe.touch()
-        probe.unlink()
+        probe.mkdir()
+        probe.rmdir()
     except OSError as e:
         raise UserError(f"runs directory {path} cannot be written ({e.strerror}); choose another --runs-dir") from None
-    finally:
-        for folder in made:
-            if folder.exists():
-                folder.rmdir()
 
 
 def run_stage(
@@ -263,8 +260,7 @@ def run_stage(
             print(f"[{stage}] finished run found, reusing {run.path}", file=sys.stderr)
         return run
     new_root, fresh = not runs_root.exists(), not run.path.exists()
-    if ranks.is_main():  # the check makes and removes folders: one process at a time
-        check_runs_root(runs_root)
+    check_runs_root(runs_root)
     run.path.mkdir(parents=True, exist_ok=True)
     lock = FileLock(str(run.file(LOCK)))
     if ranks.is_main():
