@@ -171,15 +171,18 @@ def test_preference_training_keeps_the_loops_invariances(world, tmp_path):
         r.path.mkdir()
         summary = train(model, tok, pairs, cfg, r, progress_bar=False, save_final=False,
                         objective=PreferenceLoss(algorithm))
-        return model, summary
+        return model, {**summary, "grad_norms": [m["train/grad_norm"] for m in r.metrics() if "train/grad_norm" in m]}
 
     for algorithm in ("dpo", "kto"):
         big, s_big = run(f"{algorithm}-big", algorithm, batch_size=8)
         small, s_small = run(f"{algorithm}-small", algorithm, batch_size=2, grad_accum=4)
         assert s_big["steps"] == s_small["steps"] == 3 and s_big["examples"] == 24
         assert s_big["final_train_loss"] == pytest.approx(s_small["final_train_loss"], rel=1e-5)
+        assert s_big["grad_norms"] == pytest.approx(s_small["grad_norms"], rel=1e-5)  # the same gradient's scale
+        # AdamW moves a coordinate whose gradient is near zero by up to lr whatever its rounding: the weights agree
+        # to a few hundredths of lr (9e-5 here at lr 3e-3 on an AVX-512 CPU, under 2e-5 on an AVX2 one)
         for p, q in zip(big.parameters(), small.parameters()):
-            assert torch.allclose(p, q, atol=2e-5, rtol=0)
+            assert torch.allclose(p, q, atol=3e-4, rtol=0), (algorithm, float((p - q).abs().max()))
     prefix, _ = run("prefix", "dpo", n=8, batch_size=8)
     longer, _ = run("longer", "dpo", batch_size=8, checkpoint_examples=(8,))
     cut = build_tiny_model("0.2m", len(tok), 64, seed=0)

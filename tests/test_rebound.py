@@ -242,6 +242,31 @@ def test_outputs_and_token_saving(full, setup):
     assert _point(rows, 8, 0, 12)["tokens"] == neg[0, 12]
 
 
+def test_the_golden_comparison_tells_another_cpu_s_rounding_from_a_change(tmp_path, monkeypatch):
+    import conftest
+
+    monkeypatch.setattr(conftest, "GOLDEN", tmp_path / "golden")
+    monkeypatch.setattr(conftest, "cpu_kind", lambda: "this")
+    recorded = tmp_path / "golden" / "other" / "demo"
+    recorded.mkdir(parents=True)
+    (recorded / "r.csv").write_text("name,x,per_seed\na,0.5,0.25;0.125\n")
+    run = tmp_path / "run"
+    run.mkdir()
+    for text, ok in (("a,0.5000004,0.2500001;0.125\n", True),  # another CPU's rounding
+                     ("a,0.5006,0.25;0.125\n", False), ("a,0.5,0.25;0.1252\n", False), ("b,0.5,0.25;0.125\n", False)):
+        (run / "r.csv").write_text("name,x,per_seed\n" + text)
+        if ok:
+            conftest.assert_matches_golden(run, ["r.csv"], "demo")
+        else:
+            with pytest.raises(AssertionError):
+                conftest.assert_matches_golden(run, ["r.csv"], "demo")
+    (tmp_path / "golden" / "this" / "demo").mkdir(parents=True)  # this CPU's own recording: 1e-6
+    (tmp_path / "golden" / "this" / "demo" / "r.csv").write_text("name,x,per_seed\na,0.5,0.25;0.125\n")
+    (run / "r.csv").write_text("name,x,per_seed\na,0.500002,0.25;0.125\n")  # passes against another kind
+    with pytest.raises(AssertionError):
+        conftest.assert_matches_golden(run, ["r.csv"], "demo")
+
+
 @pytest.mark.slow
 def test_result_files_are_the_recorded_ones(full):
     """Rebound's files as they were when rebound was rebuilt on the experiment skeleton (byte-identical then)."""
