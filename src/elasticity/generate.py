@@ -143,7 +143,8 @@ def _generate_batch(model, tok, ids: list[list[int]], rows, policy, pad, device)
     # The prompt pass would compute logits at every prompt position; only the last is sampled from. Where those
     # logits are large (a 152k vocabulary: 128 prompts x 64 tokens is 5 GB of float32) ask for the last alone;
     # small ones are computed as before, so no number of a small model changes.
-    vocab = model.get_output_embeddings().weight.shape[0] if model.get_output_embeddings() is not None else 0
+    head = model.get_output_embeddings()
+    vocab = head.weight.shape[0] if head is not None else 0
     last_only = ({"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(type(model).forward).parameters
                  and input_ids.numel() * vocab > CHUNK_FLOATS else {})
     for _ in range(policy.max_new_tokens):

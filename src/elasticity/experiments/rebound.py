@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -238,8 +237,9 @@ def base_stage(cfg: Config, data: Data, kit: Kit, runs_root: Path) -> Run:
             p.unlink(missing_ok=True)
         kit.cache_dir = run.file("base_logprobs")  # the base's log-probabilities, for every later grid point
         evaluator = kit.evaluator()
-        with resident(evaluator.base_model(), evaluator.base_device):
-            kit.record(run, evaluator.base_model(), 0, None, 0, 0, 0, 0, None, "base model")
+        base = evaluator.base_model()  # (loading it sets where it waits between uses)
+        with resident(base, evaluator.base_device):
+            kit.record(run, base, 0, None, 0, 0, 0, 0, None, "base model")
 
     return stage(runs_root, "rebound-base", _measure_key(cfg, data), _inputs(cfg), work)
 
@@ -334,9 +334,6 @@ def negative_stage(cfg: Config, data: Data, kit: Kit, seed: int, q1: int, positi
                             save_final=cfg.keep_models, objective=objective, keep_checkpoints=cfg.keep_models)
             if ranks.is_main():
                 run.write_json("summary.json", summary)
-        if not cfg.keep_models and ranks.is_main():  # the measurements are the result; checkpoints of every Q2 are not
-            for name in ("checkpoints", "model"):
-                shutil.rmtree(run.file(name), ignore_errors=True)
 
     key = {"train": tcfg, "q1": q1, **_measure_key(cfg, data), **_objective_key(cfg, cfg.perturb)}
     inputs = {"positive_run": positive, **_inputs(cfg)}
