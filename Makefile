@@ -32,7 +32,7 @@ test: $(TESTS)
 
 bench: $(CORE)
 	$(PY) -m pip install -q -e '.[bench]'
-	$(PY) benchmarks/train_vs_trl.py
+	$(PY) benchmarks/train_vs_trl.py --trl-padding-free
 	$(PY) benchmarks/compress_vs_lm_eval.py
 
 clean:

@@ -28,7 +28,10 @@ TRL settings changed from its defaults (everything else is TRL's default):
 Variants timed in every round, in this order: `trl`; `ours` (our loop with `bucket=0`: micro-batches in
 the data order, as TRL forms them); `ours_bucket1` (our loop at its defaults, `bucket=1`: examples sorted by
 length inside each optimizer step, so every step holds the same examples and has the same loss as TRL's, with
-less padding); with `--trl-defaults` also `trl_grad_ckpt`.
+less padding); `ours_packed` (bucket=1 and padding-free micro-batches, `pack_tokens` = batch_size x the longest
+example: each step's same examples end to end in rows no larger than TRL's largest padded micro-batch, so in
+fewer forward passes); with `--trl-defaults` also `trl_grad_ckpt`; with `--trl-padding-free` also
+`trl_padding_free` (TRL's `padding_free=True`: each micro-batch's batch_size examples flattened into one row).
 
 Timing: one short warm-up run of each trainer (excluded), then `--repeats` rounds in one process (round 1
 in the order above, TRL first; every other round reversed, against drifts in the machine's load). Reported
@@ -113,7 +116,8 @@ def _timed(call) -> tuple[object, float, float, float]:
     return out, time.perf_counter() - t0, time.process_time() - c0, t0
 
 
-def run_trl(model, tok, records: list[dict], args, max_steps: int, workdir: Path, grad_ckpt: bool = False) -> dict:
+def run_trl(model, tok, records: list[dict], args, max_steps: int, workdir: Path, grad_ckpt: bool = False,
+            padding_free: bool = False) -> dict:
     """Train with TRL's SFTTrainer; return times, per-step clock, losses, grad norms and token count."""
     from datasets import Dataset
     from transformers import TrainerCallback
@@ -142,11 +146,12 @@ def run_trl(model, tok, records: list[dict], args, max_steps: int, workdir: Path
         seed=args.seed,
         bf16=False,
         gradient_checkpointing=grad_ckpt,
+        padding_free=padding_free,
         logging_steps=1,
         save_strategy="no",
         report_to="none",
         train_sampling_strategy="sequential",
-        max_length=args.max_length,
+        max_length=None if padding_free else args.max_length,  # TRL asks so; no example comes near it
         use_cpu=True,
     )
     dataset = Dataset.from_list([{"prompt": r["prompt"], "completion": r["response"]} for r in records])
@@ -164,8 +169,9 @@ def run_trl(model, tok, records: list[dict], args, max_steps: int, workdir: Path
     }
 
 
-def run_ours(model, tok, examples, args, max_steps: int, workdir: Path, bucket: int = 0) -> dict:
-    """Train with elasticity's loop (its defaults, but for `bucket`); return the same fields as `run_trl`."""
+def run_ours(model, tok, examples, args, max_steps: int, workdir: Path, bucket: int = 0, pack_tokens: int = 0) -> dict:
+    """Train with elasticity's loop (its defaults, but for `bucket` and `pack_tokens`); return the same fields as
+    `run_trl`."""
     from elasticity.runs import Run
     from elasticity.train.loop import TrainConfig, train
 
@@ -173,7 +179,8 @@ def run_ours(model, tok, examples, args, max_steps: int, workdir: Path, bucket: 
     cfg = TrainConfig(lr=args.lr, betas=(0.9, 0.95), weight_decay=0.0, schedule="constant", warmup_steps=0,
                       batch_size=args.batch_size, grad_accum=args.grad_accum, epochs=1,
                       max_steps=max_steps if max_steps > 0 else None, max_grad_norm=1.0, bf16=False,
-                      seed=args.seed, max_length=args.max_length, shuffle=True, bucket=bucket, log_every=1)
+                      seed=args.seed, max_length=args.max_length, shuffle=True, bucket=bucket, log_every=1,
+                      pack_tokens=pack_tokens)
     workdir.mkdir(parents=True, exist_ok=True)
     run = Run(workdir)
     summary, wall, cpu, t0 = _timed(lambda: train(model, tok, examples, cfg, run, on_step=lambda *_: clock.tick()))
@@ -258,6 +265,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--skip", type=int, default=5, help="steps left out of the steady-state rate")
     p.add_argument("--trl-defaults", action="store_true",
                    help="also time TRL with its default gradient checkpointing (fp32 still)")
+    p.add_argument("--trl-padding-free", action="store_true",
+                   help="also time TRL's own padding-free micro-batches (padding_free=True: batch_size examples "
+                        "flattened into one row)")
     p.add_argument("--threads", type=int, default=1,
                    help="torch CPU threads for every trainer (1: on a shared 2-core machine, 2 threads that wait "
                         "for each other's core run several times slower than 1)")
@@ -296,11 +306,19 @@ def main(argv: list[str] | None = None) -> dict:
           f"model {args.size} ({n_params} params, vocab {len(tok)}); torch threads {torch.get_num_threads()}",
           file=sys.stderr)
 
+    # Padding-free rows hold at most what TRL's largest padded micro-batch holds (batch_size x the longest
+    # example), so no micro-batch of ours takes more activation memory than TRL's largest.
+    pack_tokens = max(args.batch_size * max(len(ex.input_ids) for ex in examples), args.max_length)
     variants = {
         "trl": lambda d: run_trl(fresh(), tok, trl_records, args, args.max_steps, d),
         "ours": lambda d: run_ours(fresh(), tok, examples, args, args.max_steps, d),
         "ours_bucket1": lambda d: run_ours(fresh(), tok, examples, args, args.max_steps, d, bucket=1),
+        "ours_packed": lambda d: run_ours(fresh(), tok, examples, args, args.max_steps, d, bucket=1,
+                                          pack_tokens=pack_tokens),
     }
+    if args.trl_padding_free:
+        variants["trl_padding_free"] = lambda d: run_trl(fresh(), tok, trl_records, args, args.max_steps, d,
+                                                         padding_free=True)
     if args.trl_defaults:
         variants["trl_grad_ckpt"] = lambda d: run_trl(fresh(), tok, trl_records, args, args.max_steps, d, True)
     rounds, losses = [], {}
@@ -370,8 +388,11 @@ def main(argv: list[str] | None = None) -> dict:
                                           "save_strategy": "no", "report_to": "none",
                                           "train_sampling_strategy": "sequential", "max_length": args.max_length},
             "ours": "TrainConfig defaults but for the shared recipe; ours_bucket1 adds bucket=1 (sort by length "
-                    "inside each optimizer step: same examples per step, same step loss, less padding)",
-            "optimizers": {"trl": trl_optimizer, "ours": "torch.optim.adamw.AdamW(fused=None)"},
+                    "inside each optimizer step: same examples per step, same step loss, less padding); "
+                    f"ours_packed adds pack_tokens={pack_tokens} (padding-free rows of at most batch_size x the "
+                    "longest example: a step's same examples in fewer micro-batches, no row larger than TRL's "
+                    "largest padded micro-batch)",
+            "optimizers": {"trl": trl_optimizer, "ours": "torch.optim.adamw.AdamW(fused=True)"},
             "tokens_counted": "non-pad input tokens (sum of attention masks), identical for all",
         },
         "rounds": rounds,

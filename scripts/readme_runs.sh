@@ -51,7 +51,7 @@ for step in $STEPS; do
     algorithms) timed algorithms .venv/bin/elasticity algorithms --config configs/algorithms-world.yaml ;;
     algorithms_rl) timed algorithms_rl .venv/bin/elasticity algorithms --config configs/algorithms-rl-world.yaml ;;
     bench) .venv/bin/python -m pip install -q -e '.[bench]'
-      timed bench_train .venv/bin/python benchmarks/train_vs_trl.py
+      timed bench_train .venv/bin/python benchmarks/train_vs_trl.py --trl-padding-free
       timed bench_compress .venv/bin/python benchmarks/compress_vs_lm_eval.py --docs 200 --repeats 3 \
         --max-length 64 256 1024
       timed bench_memory .venv/bin/python benchmarks/memory_rebound.py ;;

@@ -118,6 +118,17 @@ def test_activation_coefficients_match_autograd_s_saved_tensors(dtype, autocast,
     assert per_layer == pytest.approx((three - one) / 2 + rows * length * lora_rank_bytes, rel=0.02)
 
 
+def test_a_padding_free_micro_batch_is_sized_by_its_tokens():
+    shape = memory.Shape.of(_llama(256, 4, 32000))
+    n = 10**7
+    padded = memory.training_memory(n, shape, "float32", TrainConfig(batch_size=4, max_length=512))
+    same = memory.training_memory(n, shape, "float32", TrainConfig(batch_size=4, max_length=512, pack_tokens=2048))
+    quarter = memory.training_memory(n, shape, "float32", TrainConfig(batch_size=4, max_length=512, pack_tokens=512))
+    assert same["activations"] == padded["activations"]  # 2048 tokens either way
+    assert quarter["activations"] == pytest.approx(padded["activations"] / 4)
+    assert quarter["training"] < padded["training"]
+
+
 @pytest.mark.slow
 def test_llama2_7b_rebound_plan(capsys):
     """The issue's benchmark: the IMDb rebound on Llama2-7B, bf16 weights, gradient checkpointing, batch 1 x 8:
@@ -155,7 +166,8 @@ def _rss() -> int:
     raise RuntimeError("no VmRSS in /proc/self/status")
 
 
-def _child(dtype: str, checkpointing: bool, hidden: int, layers: int, vocab: int, rows: int, length: int) -> None:
+def _child(dtype: str, checkpointing: bool, hidden: int, layers: int, vocab: int, rows: int, length: int,
+           pack_tokens: int = 0) -> None:
     """Build the model (random weights, in dtype), then train two optimizer steps (the second's backward pass has
     AdamW's state); print the resident memory before training and the peak (one JSON line)."""
     import torch
@@ -174,7 +186,8 @@ def _child(dtype: str, checkpointing: bool, hidden: int, layers: int, vocab: int
     g = torch.Generator().manual_seed(0)
     examples = [Example(*(torch.randint(0, vocab, (length,), generator=g).tolist() for _ in range(2)))
                 for _ in range(2 * rows)]
-    cfg = TrainConfig(lr=1e-4, batch_size=rows, max_length=length, gradient_checkpointing=checkpointing)
+    cfg = TrainConfig(lr=1e-4, batch_size=rows, max_length=length, gradient_checkpointing=checkpointing,
+                      pack_tokens=pack_tokens)
     gc.collect()
     loaded = _rss()
     with tempfile.TemporaryDirectory() as tmp:
@@ -184,14 +197,16 @@ def _child(dtype: str, checkpointing: bool, hidden: int, layers: int, vocab: int
     print(json.dumps({"imported": imported, "loaded": loaded, "peak": peak}))
 
 
-MEASURED = [  # (dtype, gradient checkpointing, hidden, layers, vocab, rows, length)
+MEASURED = [  # (dtype, gradient checkpointing, hidden, layers, vocab, rows, length[, pack_tokens])
     ("float32", False, 128, 2, 151_936, 8, 128),  # Qwen's vocabulary: the model state and the head dominate
     ("float32", True, 256, 8, 32_000, 8, 256),  # checkpointing: without it the activations would be +60%
+    ("float32", False, 256, 8, 32_000, 8, 256, 512),  # padding-free: rows of 512, four a step (gradients accumulate)
 ]
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("case", MEASURED, ids=lambda c: f"{c[0]}-{'checkpointing' if c[1] else 'full'}")
+@pytest.mark.parametrize("case", MEASURED, ids=lambda c: f"{c[0]}-{'checkpointing' if c[1] else 'full'}"
+                         f"{'-packed' if c[7:] else ''}")
 def test_estimate_matches_the_peak_resident_memory_of_cpu_training(case):
     """The training part of the estimate (everything but the weights) against the measured increase of the peak
     resident set over the same process after loading the model; the weights against what loading added.
@@ -200,7 +215,7 @@ def test_estimate_matches_the_peak_resident_memory_of_cpu_training(case):
     and its libraries are not GPU memory. glibc's malloc is told to map every block over 1 MiB on its own, so that
     freed tensors leave the resident set at once (by default a sliding threshold keeps blocks up to 32 MiB in the
     heap, a CPU allocator's slack of ~200 MiB here; a GPU's caching allocator has its own: RUNTIME_BYTES)."""
-    dtype, checkpointing, hidden, layers, vocab, rows, length = case
+    dtype, checkpointing, hidden, layers, vocab, rows, length, *pack = case
     env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": str(MIB), "OMP_NUM_THREADS": "1"}
     done = subprocess.run([sys.executable, __file__, json.dumps(case)], capture_output=True, text=True, env=env,
                           timeout=300)
@@ -208,7 +223,8 @@ def test_estimate_matches_the_peak_resident_memory_of_cpu_training(case):
     measured = json.loads(done.stdout.strip().splitlines()[-1])
     config = _llama(hidden, layers, vocab)
     n = memory.meta_parameters(config)
-    train = TrainConfig(batch_size=rows, max_length=length, gradient_checkpointing=checkpointing)
+    train = TrainConfig(batch_size=rows, max_length=length, gradient_checkpointing=checkpointing,
+                        pack_tokens=pack[0] if pack else 0)
     parts = memory.training_memory(n, memory.Shape.of(config), dtype, train)
     estimate, increase = parts["training"] - parts["weights"], measured["peak"] - measured["loaded"]
     print(f"{case}: training part estimated {estimate / MIB:.0f} MiB, measured {increase / MIB:.0f} MiB; weights "

@@ -5,8 +5,9 @@ bits/token and KL to the base, resistance's losses and distances, the pre-traini
 computed by `token_scores`. It runs the model's backbone once over the batch and its output head on chunks of
 positions, so that a batch's full-vocabulary float32 logits never exist at once: a chunk holds at most
 `chunk_floats` logits (64 MB of float32 by default; Qwen's 151,936-token vocabulary at 8 x 512 positions
-would be 2.5 GB a tensor, and a chunk's softmax, KL and gradient take about six such temporaries). A batch that fits in one chunk is computed exactly as the model's own forward
-computes it (the same operations on the same tensors), so chunking changes no number of a small model.
+would be 2.5 GB a tensor, and a chunk's softmax, KL and gradient take about six such temporaries). A batch
+that fits in one chunk is computed exactly as the model's own forward computes it (the same operations on the
+same tensors), so chunking changes no number of a small model.
 
 Conventions:
     targets[b, j] is the token that input position `offset + j` predicts (IGNORE where there is none), so a
@@ -28,13 +29,15 @@ from torch.utils.checkpoint import checkpoint
 
 from elasticity.data.batching import collate
 from elasticity.data.tokenize import IGNORE, Example
+from elasticity.errors import UserError
 from elasticity.stats import LN2
 
 Direction = Literal["forward", "reverse"]
-CHUNK_FLOATS = 2**24  # logits one chunk may hold (each same-sized temporary too): 64 MB of float32; a chunk of
-# 64 x 2^18 logits still runs the head as one large matrix product, so smaller chunks cost no speed
+CHUNK_FLOATS = 2**24  # logits one chunk may hold (each same-sized temporary too): 64 MB of float32. Smaller chunks
+# cost speed where a batch takes many (a 152k-vocabulary rebound at 8 x 512 measured 17% slower than at 2^26)
 
 _PARTS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> (backbone, head) or None
+_PACKED_OK: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # models whose packed examples stay apart
 
 
 @dataclass(frozen=True)
@@ -58,8 +61,10 @@ def _takes(module, name: str) -> bool:
         return False
 
 
-def _hidden(backbone, input_ids, attention_mask):
+def _hidden(backbone, input_ids, attention_mask, position_ids=None):
     kwargs = {"use_cache": False} if _takes(backbone, "use_cache") else {}
+    if position_ids is not None:
+        kwargs["position_ids"] = position_ids
     return backbone(input_ids=input_ids, attention_mask=attention_mask, **kwargs).last_hidden_state  # (B, T, H)
 
 
@@ -102,11 +107,41 @@ def _parts(model):
     return parts
 
 
+def check_packed_attention(model) -> None:
+    """Refuse a model whose attention would let packed examples see each other.
+
+    Transformers builds a block-diagonal mask from the positions of packed examples for most architectures; the
+    check packs two short examples and compares the outputs with each example run alone, once per model.
+
+    Raises:
+        UserError: one line, when the outputs differ.
+    """
+    lm = _language_model(model)
+    if lm in _PACKED_OK:
+        return
+    device = next(lm.parameters()).device
+    first, second = torch.tensor([[1, 2, 3]], device=device), torch.tensor([[4, 5]], device=device)
+    was_training = lm.training
+    lm.eval()
+    try:
+        with torch.no_grad():
+            alone = torch.cat([lm(input_ids=x, use_cache=False).logits for x in (first, second)], 1).float()
+            packed = lm(input_ids=torch.cat([first, second], 1), position_ids=torch.tensor([[0, 1, 2, 0, 1]],
+                        device=device), use_cache=False).logits.float()
+    finally:
+        lm.train(was_training)
+    if not torch.allclose(packed, alone, rtol=1e-4, atol=1e-5):
+        name = type(lm).__name__
+        raise UserError(f"{name} lets packed examples attend to each other here (attention "
+                        f"'{getattr(lm.config, '_attn_implementation', '?')}'): set train.pack_tokens 0")
+    _PACKED_OK[lm] = True
+
+
 def _chunk_positions(rows: int, vocab: int, chunk_floats: int) -> int:
     return max(1, chunk_floats // max(1, rows * vocab))
 
 
-def _chunks(model, input_ids, attention_mask, offset: int, width: int, chunk_floats: int):
+def _chunks(model, input_ids, attention_mask, offset: int, width: int, chunk_floats: int, position_ids=None):
     """Yield (a, h, head, keep): the logits of target positions a .. a + keep are head(h)[:, :keep].
 
     h is a slice of the final hidden states (or, for a model that cannot be split, of its full logits with
@@ -114,11 +149,12 @@ def _chunks(model, input_ids, attention_mask, offset: int, width: int, chunk_flo
     """
     parts = _parts(model)
     if parts is None:
-        full = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
+        given = {} if position_ids is None else {"position_ids": position_ids}
+        full = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False, **given).logits
         head, states, vocab = None, full, full.shape[-1]
     else:
         backbone, head = parts
-        states = _hidden(backbone, input_ids, attention_mask)  # (B, T, H)
+        states = _hidden(backbone, input_ids, attention_mask, position_ids)  # (B, T, H)
         vocab = _language_model(model).get_output_embeddings().weight.shape[0]
     step = _chunk_positions(states.shape[0], vocab, chunk_floats)
     if step >= width:
@@ -145,19 +181,21 @@ def kl_divergence(logp: torch.Tensor, logq: torch.Tensor) -> torch.Tensor:
     return torch.where(p > 0, p * (logp - logq), 0.0).sum(-1)
 
 
-def _reference_log_probs(reference, input_ids, attention_mask, offset, width, chunk_floats, device):
+def _reference_log_probs(reference, input_ids, attention_mask, offset, width, chunk_floats, device, position_ids):
     """The reference's log-probabilities, chunk by chunk, on the model's device (never with a gradient)."""
     ref_device = next(reference.parameters()).device
     mask = attention_mask.to(ref_device) if attention_mask is not None else None
+    positions = position_ids.to(ref_device) if position_ids is not None else None
     with torch.no_grad():
-        for a, h, head, keep in _chunks(reference, input_ids.to(ref_device), mask, offset, width, chunk_floats):
+        for a, h, head, keep in _chunks(reference, input_ids.to(ref_device), mask, offset, width, chunk_floats,
+                                        positions):
             yield a, _log_probs(h, head, keep).to(device)
 
 
 def token_scores(model, input_ids: torch.Tensor, targets: torch.Tensor, attention_mask: torch.Tensor | None = None,
                  *, offset: int = 0, reference=None, direction: Direction = "forward",
                  reference_cache: dict | None = None, bf16: bool = False,
-                 chunk_floats: int = CHUNK_FLOATS) -> TokenScores:
+                 chunk_floats: int = CHUNK_FLOATS, position_ids: torch.Tensor | None = None) -> TokenScores:
     """Per-token NLL of `targets` under `model` and, with a reference, the per-token KL between them.
 
     Args:
@@ -173,6 +211,8 @@ def token_scores(model, input_ids: torch.Tensor, targets: torch.Tensor, attentio
             not run, and may be None).
         bf16: bfloat16 autocast for the forward passes (log-probabilities stay float32).
         chunk_floats: the most logits one chunk may hold.
+        position_ids: (B, T) positions of packed examples (`batching.collate_packed`, no attention mask): each
+            example attends to itself only; check the model with `check_packed_attention` first.
 
     With grad enabled (training) the NLL carries the gradient; when a batch takes several chunks, each one's
     logits are recomputed in the backward pass rather than kept (activation checkpointing per chunk).
@@ -187,8 +227,8 @@ def token_scores(model, input_ids: torch.Tensor, targets: torch.Tensor, attentio
         references = None
         if reference is not None and not cached:
             references = _reference_log_probs(reference, input_ids, attention_mask, offset, width, chunk_floats,
-                                              input_ids.device)
-        for a, h, head, keep in _chunks(model, input_ids, attention_mask, offset, width, chunk_floats):
+                                              input_ids.device, position_ids)
+        for a, h, head, keep in _chunks(model, input_ids, attention_mask, offset, width, chunk_floats, position_ids):
             tgt, m = targets[:, a:a + keep], mask[:, a:a + keep]
             logq = None
             if cached:

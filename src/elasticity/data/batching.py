@@ -1,9 +1,14 @@
-"""Turn examples into padded micro-batches with little waste, in an order fixed by the seed.
+"""Turn examples into micro-batches with little waste, in an order fixed by the seed.
 
 Language-model documents are packed into full blocks when they are tokenised (`tokenize.pack`: zero
 padding). SFT examples keep their identity (prompt masks must survive), so they are padded per micro-batch
 and, with `bucket`, sorted by length inside windows of `bucket` optimizer steps. Windows are whole optimizer
 steps, so training on the first q examples is still a prefix of training on more whenever q ends a window.
+
+Padding-free (`pack_step`, `collate_packed`): a step's examples are cut into micro-batches by tokens instead
+and each micro-batch is one row, every example at its own positions 0, 1, ... Transformers reads packed
+sequences off those positions and lets each example attend to itself only (a block-diagonal causal mask),
+so every example's numbers are what they are alone, and a step holds the same examples either way.
 """
 
 from __future__ import annotations
@@ -78,3 +83,29 @@ def collate(examples: list[Example], pad_id: int) -> dict[str, torch.Tensor]:
         labels[row, :n] = torch.tensor(ex.labels)
         mask[row, :n] = 1
     return {"input_ids": ids, "attention_mask": mask, "labels": labels}  # each (B, T)
+
+
+def pack_step(examples: list[Example], step: Step, tokens: int) -> Step:
+    """The same step cut into padding-free micro-batches of at most `tokens` tokens (in the step's order;
+    an example longer than `tokens` goes alone)."""
+    packed: list[list[int]] = []
+    used = tokens
+    for i in (i for mb in step.micro_batches for i in mb):
+        n = len(examples[i].input_ids)
+        if used + n > tokens:
+            packed.append([])
+            used = 0
+        packed[-1].append(i)
+        used += n
+    return Step(packed, step.n_targets)
+
+
+def collate_packed(examples: list[Example]) -> dict[str, torch.Tensor]:
+    """One row of the examples end to end, each at positions 0.. (no padding, no attention mask).
+
+    An example's first label is IGNORE whatever it was: there it would be the target of the example before.
+    """
+    ids = torch.tensor([t for ex in examples for t in ex.input_ids])[None]
+    positions = torch.tensor([j for ex in examples for j in range(len(ex.input_ids))])[None]
+    labels = torch.tensor([t for ex in examples for t in (IGNORE, *ex.labels[1:])])[None]
+    return {"input_ids": ids, "position_ids": positions, "labels": labels}  # each (1, N)

@@ -221,19 +221,22 @@ def training_memory(parameters: float, shape: Shape | None, dtype: str, train, l
         elif not train.gradient_checkpointing:  # frozen weights: cast per use, kept by autograd for the backward
             copies = 2 * (parameters - embedding)
     parts["autocast_copies"] = copies
-    rows = train.batch_size * rows_factor
+    # a micro-batch: batch_size rows of max_length (bound), or one padding-free row of pack_tokens
+    rows, width = (1, train.pack_tokens) if train.pack_tokens else (train.batch_size * rows_factor, train.max_length)
+    # gradients accumulate over a step's micro-batches: grad_accum of them, or more rows where packing cuts a step
+    accumulates = train.grad_accum > 1 or 0 < train.pack_tokens < train.batch_size * train.max_length
     head_gradient = 0.0 if lora else embedding * te  # LoRA leaves the head frozen
     if shape is None:
         parts.update(activations=0.0, logits_chunk=0.0, head_gradient_temporary=0.0)
     else:
-        parts["activations"] = activation_bytes(shape, rows * train.max_length, dtype, train.bf16, lora,
+        parts["activations"] = activation_bytes(shape, rows * width, dtype, train.bf16, lora,
                                                 train.gradient_checkpointing)
-        floats = chunk_floats(rows, train.max_length - 1, shape.vocab)
+        floats = chunk_floats(rows, width - 1, shape.vocab)
         parts["logits_chunk"] = CHUNK_TEMPORARIES * 4 * floats
-        several = floats < rows * (train.max_length - 1) * shape.vocab or train.grad_accum > 1
+        several = floats < rows * (width - 1) * shape.vocab or accumulates
         parts["head_gradient_temporary"] = head_gradient if several else 0.0
     at_head = parts["activations"] + parts["logits_chunk"] + parts["head_gradient_temporary"] + (
-        parts["gradients"] if train.grad_accum > 1 else head_gradient)
+        parts["gradients"] if accumulates else head_gradient)
     parts["training"] = parts["weights"] + parts["optimizer"] + copies + max(at_head, parts["gradients"])
     return parts
 

@@ -38,6 +38,9 @@ def check_steps(cfg) -> None:
         if algorithm in RL and not cfg.scorer.name:
             raise UserError(f"--{key} {algorithm} is rewarded by the scorer: set --scorer.name (oracle, classifier, "
                             "score-model or vader)")
+        if algorithm != "sft" and cfg.train.pack_tokens:
+            raise UserError(f"train.pack_tokens packs next-token (sft) examples only, and --{key} is {algorithm}: "
+                            "set train.pack_tokens 0")
     if ranks.world_size() > 1 and (cfg.align in RL or cfg.perturb in RL):
         raise UserError("rloo and grpo steps run in one process (TRL's trainer would take the launch's processes "
                         "over): run them without accelerate launch")

@@ -22,10 +22,10 @@ from typing import Callable, Literal
 
 import torch
 
-from elasticity.data.batching import Step, collate, ordered_indices, plan_steps
+from elasticity.data.batching import Step, collate, collate_packed, ordered_indices, pack_step, plan_steps
 from elasticity.data.tokenize import Example, pad_id
 from elasticity.errors import UserError
-from elasticity.likelihood import teacher_forced, token_scores
+from elasticity.likelihood import check_packed_attention, teacher_forced, token_scores
 from elasticity.ranks import no_accelerator
 from elasticity.runs import Run
 from elasticity.train.checkpoints import RESUME, Progress, load_resume, save_checkpoint, save_resume, write_checkpoint
@@ -59,6 +59,8 @@ class TrainConfig:
     shuffle: bool = True  # shuffle the examples with the seed (off: the given order)
     bucket: int = 1  # sort by length within windows of this many steps (1 = inside each step: same gradient,
     # less padding); 0 = keep the order
+    pack_tokens: int = 0  # padding-free: a step's examples (the same ones) packed into micro-batches of at most this
+    # many tokens, one row each, every example attending to itself only; 0 = padded micro-batches of batch_size
     eval_every: int = 0  # steps between evaluations; 0 = only at the start and the end
     eval_batch_size: int = 32  # sequences per forward pass of an evaluation
     checkpoint_steps: tuple[int, ...] = ()  # keep the model after these optimizer steps
@@ -89,6 +91,9 @@ class TrainConfig:
              self.max_grad_norm)
         need(self.optimizer in ("adamw", "adamw8bit"), "optimizer", "adamw or adamw8bit", self.optimizer)
         need(self.max_length >= 2, "max_length", ">= 2 (a target needs a token before it)", self.max_length)
+        need(self.pack_tokens == 0 or self.pack_tokens >= self.max_length, "pack_tokens",
+             f"0 (padded micro-batches) or at least max_length ({self.max_length}), so that every example fits",
+             self.pack_tokens)
         for key in ("bucket", "eval_every", "save_every"):
             need(getattr(self, key) >= 0, key, ">= 0", getattr(self, key))
         for key in ("checkpoint_steps", "checkpoint_tokens", "checkpoint_examples"):
@@ -117,25 +122,34 @@ class Objective(torch.nn.Module):
         super().__init__()
         self.lm = lm
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    def forward(self, input_ids: torch.Tensor, labels: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                position_ids: torch.Tensor | None = None) -> torch.Tensor:
         # position t is predicted from tokens < t: the targets of input positions 0..T-2 are labels[:, 1:]
-        return token_scores(self.lm, input_ids, labels[:, 1:], attention_mask).nll
+        return token_scores(self.lm, input_ids, labels[:, 1:], attention_mask, position_ids=position_ids).nll
 
 
 class NextTokenLoss:
-    """Pre-training and SFT: a step's loss is its summed token NLL over its target tokens."""
+    """Pre-training and SFT: a step's loss is its summed token NLL over its target tokens.
+
+    `packed`: micro-batches are single padding-free rows (`TrainConfig.pack_tokens`).
+    """
+
+    def __init__(self, packed: bool = False):
+        self.packed = packed
 
     def setup(self, lm, examples, steps, pad, device, run, batch_size: int, is_main: bool) -> None:
-        pass
+        if self.packed:
+            check_packed_attention(lm)
 
     def begin_step(self, lm, examples, step, index: int, pad: int, device, batch_size: int) -> None:
         pass
 
     def micro(self, model, examples: list[Example], idx: list[int], pad: int, device):
         """(the sum of this micro-batch's token NLLs, the same detached in float64, input tokens)."""
-        batch = {k: v.to(device) for k, v in collate([examples[i] for i in idx], pad).items()}
+        chosen = [examples[i] for i in idx]
+        batch = {k: v.to(device) for k, v in (collate_packed(chosen) if self.packed else collate(chosen, pad)).items()}
         nll = model(**batch)  # (B, T-1), 0 where there is no target
-        return nll.sum(), nll.detach().sum(dtype=torch.float64), int(batch["attention_mask"].sum())
+        return nll.sum(), nll.detach().sum(dtype=torch.float64), sum(len(ex.input_ids) for ex in chosen)
 
 
 def _autocast(device: torch.device, bf16: bool):
@@ -163,7 +177,8 @@ def plan(examples: list[Example], cfg: TrainConfig, world: int = 1) -> list[Step
         # Each process takes every world-th micro-batch of a step: the effective batch is
         # batch_size * grad_accum * world examples.
         steps += plan_steps(examples, order, cfg.batch_size, cfg.grad_accum * world, cfg.bucket, bounds)
-    return steps[: cfg.max_steps] if cfg.max_steps else steps
+    steps = steps[: cfg.max_steps] if cfg.max_steps else steps
+    return [pack_step(examples, s, cfg.pack_tokens) for s in steps] if cfg.pack_tokens else steps
 
 
 def _optimizer(params, cfg: TrainConfig, device: torch.device):
@@ -174,7 +189,7 @@ def _optimizer(params, cfg: TrainConfig, device: torch.device):
             raise UserError("train.optimizer adamw8bit needs bitsandbytes: pip install bitsandbytes") from None
         if device.type != "cuda":
             raise UserError(f"train.optimizer adamw8bit runs on CUDA only (this run trains on {device.type}): use "
-                            "adamw") from None
+                            "adamw")
         return bnb.optim.AdamW8bit(params, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay, eps=1e-8)
     # The fused kernel (CPU and CUDA) updates all parameters in one call; TRL uses it too.
     return torch.optim.AdamW(params, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay, eps=1e-8,
@@ -244,7 +259,9 @@ def train(
     device = accelerator.device
     pad = pad_id(tok)
 
-    objective = objective or NextTokenLoss()
+    if objective is not None and cfg.pack_tokens:
+        raise UserError("train.pack_tokens packs next-token examples only; set it to 0 for a preference objective")
+    objective = objective or NextTokenLoss(packed=cfg.pack_tokens > 0)
     objective.setup(lm, examples, steps, pad, device, run, cfg.eval_batch_size, accelerator.is_main_process)
     progress = Progress()
     if run.file(RESUME).exists():
