@@ -377,6 +377,27 @@ def test_rl_steps_count_prompts(setup, tmp_path):
     assert not any(p.name == "trl" for p in aligned.iterdir())
 
 
+def test_the_rl_kl_reference_is_the_starting_model_whatever_its_config_names(setup, tmp_path):
+    """TRL loads its reference from the path in the model's config; a model merged from an adapter names its base
+    there. Here the config names the untrained base while the weights have moved: the first step's KL is 0."""
+    import torch
+
+    from elasticity.generate import DecodingPolicy
+    from elasticity.models.hf import load_causal_lm
+    from elasticity.train.loop import TrainConfig
+    from elasticity.train.rl import RLConfig, rl_train
+
+    cfg, _ = setup
+    model, tok = load_causal_lm(cfg.model)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.mul_(1.5)  # no longer the weights at model.config's path
+    summary = rl_train("rloo", model, tok, ["a good", "the film"] * 2, lambda texts: [float(len(t)) for t in texts],
+                       False, RLConfig(prompts_per_step=2, num_generations=2, beta=0.1), TrainConfig(lr=1e-3),
+                       DecodingPolicy(max_new_tokens=4), (2,), 0, tmp_path / "trl", lambda *a: None)
+    assert summary["first_step_kl"] == pytest.approx(0.0, abs=1e-6)
+
+
 # ---- LoRA ---------------------------------------------------------------------------------------------------
 
 

@@ -91,8 +91,14 @@ def rl_train(algorithm: str, model, tok, prompts: list[str], reward: Callable[[l
                               processing_class=tok, callbacks=[Marks()])
         for quiet in (PrinterCallback, ProgressCallback):  # results are files; no log dicts on stdout
             trainer.remove_callback(quiet)
+        if trainer.ref_model is not None:
+            # TRL loads its KL reference from the path the model's config names, which need not hold these weights
+            # (a model merged from a LoRA adapter names its base there): the reference is the starting model itself
+            trainer.ref_model.load_state_dict(model.state_dict())
         result = trainer.train()
     losses = [r["loss"] for r in trainer.state.log_history if "loss" in r]
+    kls = [r["kl"] for r in trainer.state.log_history if "kl" in r]
     return {"steps": trainer.state.global_step, "prompts": trainer.state.global_step * per_step,
             "tokens": int(trainer.state.num_input_tokens_seen), "final_train_loss": losses[-1] if losses else None,
-            "train_seconds_this_session": round(result.metrics.get("train_runtime", 0.0), 3), "algorithm": algorithm}
+            "train_seconds_this_session": round(result.metrics.get("train_runtime", 0.0), 3), "algorithm": algorithm,
+            "first_step_kl": kls[0] if kls else None}  # 0 (to rounding): the KL reference is the starting model
