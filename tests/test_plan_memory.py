@@ -129,6 +129,27 @@ def test_a_padding_free_micro_batch_is_sized_by_its_tokens():
     assert quarter["training"] < padded["training"]
 
 
+def test_an_rl_step_counts_trl_s_reference_copy_and_its_logits(capsys):
+    from elasticity.cli import main
+
+    flags = ["plan", "--config", str(ROOT / "configs" / "paper" / "rebound-imdb.yaml"), "--models",
+             "meta-llama/Llama-2-7b-hf", "--dtype", "bfloat16", "--perturb", "rloo", "--json"]
+
+    def memory_of(*more):
+        assert main([*flags, *more]) == 0
+        return json.loads(capsys.readouterr().out)["models"][0]["resources"]["gpu_memory"]
+
+    g = memory_of()
+    assert g["rl_reference"] == g["weights"]  # TRL's copy of the starting model, in the same dtype
+    rows, completion = 8 * 4, 128 + 1  # rl.prompts_per_step x rl.num_generations; the preset's max_new_tokens + 1
+    assert g["rl_logits"] == pytest.approx(memory.TRL_LOGIT_COPIES * 4 * rows * completion * 32000 / 2**30, abs=0.01)
+    assert g["training"] == pytest.approx(max(g["rl_training"], g["weights"] + g["optimizer"] + g["gradients"]),
+                                          abs=0.01)
+    assert not memory_of("--rl.beta", "0").get("rl_reference")  # no KL penalty: TRL keeps no reference
+    assert not memory_of("--lora.r", "8").get("rl_reference")  # LoRA: TRL disables the adapters instead
+    assert "rl_training" not in memory_of("--perturb", "sft")
+
+
 @pytest.mark.slow
 def test_llama2_7b_rebound_plan(capsys):
     """The issue's benchmark: the IMDb rebound on Llama2-7B, bf16 weights, gradient checkpointing, batch 1 x 8:

@@ -24,8 +24,13 @@ Every estimate is a dict of named parts in bytes, so that `elasticity plan` can 
   after training (the optimizer freed) with a second model on the GPU for its KL controls.
 - total: the larger of the training peak and the measuring peak.
 
+- rl_training (an RL step, through TRL's trainer): the model state, TRL's own copy of the starting model as the
+  KL reference (rl_reference: beta > 0 without LoRA), the activations of its batch (prompts_per_step x
+  num_generations rows of prompt + completion) and its full-vocabulary logits of the completions (rl_logits:
+  `TRL_LOGIT_COPIES` float32 copies, a bound).
+
 Not counted: the CUDA context and the caching allocator's slack (`RUNTIME_BYTES`, added before a card is said to
-fit), RL steps through TRL (their own trainer), the scorer's activations. Measured against the peak resident memory
+fit), the scorer's activations. Measured against the peak resident memory
 of CPU training runs in tests/test_plan_memory.py (within 25%).
 """
 
@@ -62,6 +67,9 @@ OUTSIDE = 5  # bytes a token and hidden unit outside the layers: the embedding o
 # log-probabilities, p, ln p - ln q, their product, the masked KL: 6)
 CHUNK_TEMPORARIES = 3.5
 MEASURING_TEMPORARIES = 6
+# float32 copies of an RL batch's completion logits TRL 1.16's RLOO holds at its peak (log-softmax, entropy,
+# temperature scaling, gradients): 6.8-10.1 measured from the peak resident memory of CPU runs; the bound is used
+TRL_LOGIT_COPIES = 10
 
 
 @dataclass(frozen=True)
@@ -309,12 +317,37 @@ def gpu_memory(parameters: float, config, cfg, lora_trainable: int | None = None
     measure = measuring_memory(shape, cfg.dtype, reference, width, ev.batch_size, getattr(ev, "batch_tokens", None),
                                measured, scorer_parameters if scored else None, cfg.scorer.dtype, cfg.policy,
                                prompt_tokens)
+    training.update(rl_memory(parameters, shape, cfg, training, width, lora_trainable) if rebound else {})
+    training["training"] = max(training["training"], training.get("rl_training", 0.0))
     # rebound measures inside the training loop (the optimizer's state stays); resistance after it (freed)
     kept = training["weights"] + (training["optimizer"] if rebound else 0.0)
     out = {**training, **measure, "measuring": kept + measure["measuring"]}
     out["total"] = max(out["training"], out["measuring"])
     out["peak"] = "training" if out["training"] >= out["measuring"] else "measuring"
     return {**out, "fits": fits(out["total"])}
+
+
+def rl_memory(parameters: float, shape: Shape | None, cfg, state: dict, width: int,
+              lora_trainable: int | None) -> dict:
+    """An RL step's peak through TRL (bytes), when the rebound aligns or perturbs by RL; else nothing.
+
+    `state` is the SFT training estimate (its weights, optimizer, gradients, autocast copies are the same); prompts
+    are bounded by `width` tokens."""
+    from elasticity.train.rl import RL
+
+    if cfg.align not in RL and cfg.perturb not in RL:
+        return {}
+    rows = cfg.rl.prompts_per_step * cfg.rl.num_generations
+    completion = cfg.policy.max_new_tokens + 1  # TRL keeps the logits of the completion and the position before
+    reference = parameters * BYTES[cfg.dtype] if cfg.rl.beta > 0 and not lora_trainable else 0.0
+    activations = logits = 0.0
+    if shape is not None:
+        activations = activation_bytes(shape, rows * (width + cfg.policy.max_new_tokens), cfg.dtype, cfg.train.bf16,
+                                       bool(lora_trainable), cfg.train.gradient_checkpointing)
+        logits = TRL_LOGIT_COPIES * 4 * rows * completion * shape.vocab
+    total = (state["weights"] + state["optimizer"] + state["gradients"] + state["autocast_copies"] + reference
+             + activations + logits)
+    return {"rl_reference": reference, "rl_activations": activations, "rl_logits": logits, "rl_training": total}
 
 
 def disk(parameters: float, config, cfg, kept_checkpoints: int, lora_trainable: int | None = None) -> dict:

@@ -320,7 +320,10 @@ def _resource_lines(r: dict) -> list[str]:
              f"    training {g['training']} GiB: " + _parts(g, ("weights", "gradients", "optimizer", "autocast_copies",
                                                                 "activations", "logits_chunk",
                                                                 "head_gradient_temporary"))
-             + (f" (LoRA: {r['lora_parameters']:,} trained parameters)" if r["lora_parameters"] else ""),
+             + (f" (LoRA: {r['lora_parameters']:,} trained parameters)" if r["lora_parameters"] else "")
+             + (f"; an RL step through TRL {g['rl_training']} GiB: the model state, "
+                + _parts(g, ("rl_reference", "rl_activations", "rl_logits")) + " (bound)" if g.get("rl_training")
+                else ""),
              f"    measuring {g['measuring']} GiB: the trained model (a rebound's optimizer state too) and the largest "
              f"of: a teacher-forced batch {g['teacher_forced']}"
              + (f" with a second model {g['reference']}" if g.get("reference") else "")
