@@ -48,6 +48,7 @@ Writes benchmarks/results/train_vs_trl.json.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import platform
@@ -181,6 +182,8 @@ def run_ours(model, tok, examples, args, max_steps: int, workdir: Path, bucket: 
                       max_steps=max_steps if max_steps > 0 else None, max_grad_norm=1.0, bf16=False,
                       seed=args.seed, max_length=args.max_length, shuffle=True, bucket=bucket, log_every=1,
                       pack_tokens=pack_tokens)
+    if pack_tokens:  # a packed row must hold the longest allowed example: allow the longest there is (none is cut)
+        cfg = dataclasses.replace(cfg, max_length=max(len(ex.input_ids) for ex in examples))
     workdir.mkdir(parents=True, exist_ok=True)
     run = Run(workdir)
     summary, wall, cpu, t0 = _timed(lambda: train(model, tok, examples, cfg, run, on_step=lambda *_: clock.tick()))
@@ -308,7 +311,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     # Padding-free rows hold at most what TRL's largest padded micro-batch holds (batch_size x the longest
     # example), so no micro-batch of ours takes more activation memory than TRL's largest.
-    pack_tokens = max(args.batch_size * max(len(ex.input_ids) for ex in examples), args.max_length)
+    pack_tokens = args.batch_size * max(len(ex.input_ids) for ex in examples)
     variants = {
         "trl": lambda d: run_trl(fresh(), tok, trl_records, args, args.max_steps, d),
         "ours": lambda d: run_ours(fresh(), tok, examples, args, args.max_steps, d),
