@@ -121,28 +121,3 @@ def test_pack_tokens_must_hold_an_example():
     with pytest.raises(UserError, match="train.pack_tokens must be 0 .* or at least max_length"):
         TrainConfig(max_length=64, pack_tokens=32).check()
 
-
-@pytest.mark.slow
-def test_two_processes_pack_as_one_process_accumulating_two(tiny_assets, tmp_path):
-    """Under `accelerate launch` each process takes every other packed row of a step: the step is the same."""
-    import json
-    import subprocess
-    import sys
-    from pathlib import Path
-
-    from elasticity.cli import main
-
-    args = ["--model.size", "0.2m", "--model.tokenizer", str(tiny_assets["tok"]), "--data", str(tiny_assets["sft"]),
-            "--train.max_steps", "3", "--train.max_length", "64", "--train.lr", "0.003", "--train.batch_size", "4",
-            "--train.pack_tokens", "96"]
-    launcher = Path(sys.executable).with_name("accelerate")
-    subprocess.run([str(launcher), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-                    "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "elasticity", "train",
-                    "--runs-dir", str(tmp_path / "two"), *args], check=True, capture_output=True)
-    assert main(["train", "--runs-dir", str(tmp_path / "one"), *args, "--train.grad_accum", "2"]) == 0
-    (two,), (one,) = (tmp_path / "two").glob("train-*"), (tmp_path / "one").glob("train-*")
-    metrics = [Run(d).metrics() for d in (two, one)]
-    assert [r["tokens"] for r in metrics[0]] == [r["tokens"] for r in metrics[1]]
-    losses = [[r["train/loss"] for r in m] for m in metrics]
-    assert len(losses[0]) == 3 and losses[0] == pytest.approx(losses[1], rel=1e-6)
-    assert json.loads((two / "summary.json").read_text())["processes"] == 2

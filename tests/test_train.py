@@ -123,20 +123,25 @@ def test_bad_input_exits_2_and_writes_nothing(tiny_assets, tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_two_processes_equal_gradient_accumulation(tiny_assets, tmp_path):
-    """`accelerate launch --multi_gpu --num_processes 2` (gloo on a CPU) equals one process accumulating 2."""
+@pytest.mark.parametrize("extra", [[], ["--train.pack_tokens", "96"]], ids=["padded", "packed"])
+def test_two_processes_equal_gradient_accumulation(tiny_assets, tmp_path, extra):
+    """`accelerate launch --multi_gpu --num_processes 2` (gloo on a CPU) equals one process accumulating 2; packed,
+    each process takes every other packed row of a step, and the step is the same."""
     import subprocess
     import sys
     from pathlib import Path
 
     args = ["--model.size", "0.2m", "--model.tokenizer", str(tiny_assets["tok"]), "--data", str(tiny_assets["sft"]),
-            "--train.max_steps", "3", "--train.max_length", "64", "--train.lr", "0.003", "--train.batch_size", "4"]
+            "--train.max_steps", "3", "--train.max_length", "64", "--train.lr", "0.003", "--train.batch_size", "4",
+            *extra]
     launcher = Path(sys.executable).with_name("accelerate")
     subprocess.run([str(launcher), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
                     "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "elasticity", "train",
                     "--runs-dir", str(tmp_path / "two"), *args], check=True, capture_output=True)
     assert main(["train", "--runs-dir", str(tmp_path / "one"), *args, "--train.grad_accum", "2"]) == 0
     (two,), (one,) = (tmp_path / "two").glob("train-*"), (tmp_path / "one").glob("train-*")
-    losses = [[r["train/loss"] for r in Run(d).metrics()] for d in (two, one)]
+    metrics = [Run(d).metrics() for d in (two, one)]
+    assert [r["tokens"] for r in metrics[0]] == [r["tokens"] for r in metrics[1]]
+    losses = [[r["train/loss"] for r in m] for m in metrics]
     assert len(losses[0]) == 3 and losses[0] == pytest.approx(losses[1], rel=1e-6)
     assert json.loads((two / "summary.json").read_text())["processes"] == 2
