@@ -48,7 +48,6 @@ Writes benchmarks/results/train_vs_trl.json.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import platform
@@ -177,13 +176,13 @@ def run_ours(model, tok, examples, args, max_steps: int, workdir: Path, bucket: 
     from elasticity.train.loop import TrainConfig, train
 
     clock = _StepClock()
+    # a packed row must hold the longest allowed example: allow the longest there is (none is cut)
+    max_length = max(len(ex.input_ids) for ex in examples) if pack_tokens else args.max_length
     cfg = TrainConfig(lr=args.lr, betas=(0.9, 0.95), weight_decay=0.0, schedule="constant", warmup_steps=0,
                       batch_size=args.batch_size, grad_accum=args.grad_accum, epochs=1,
                       max_steps=max_steps if max_steps > 0 else None, max_grad_norm=1.0, bf16=False,
-                      seed=args.seed, max_length=args.max_length, shuffle=True, bucket=bucket, log_every=1,
+                      seed=args.seed, max_length=max_length, shuffle=True, bucket=bucket, log_every=1,
                       pack_tokens=pack_tokens)
-    if pack_tokens:  # a packed row must hold the longest allowed example: allow the longest there is (none is cut)
-        cfg = dataclasses.replace(cfg, max_length=max(len(ex.input_ids) for ex in examples))
     workdir.mkdir(parents=True, exist_ok=True)
     run = Run(workdir)
     summary, wall, cpu, t0 = _timed(lambda: train(model, tok, examples, cfg, run, on_step=lambda *_: clock.tick()))

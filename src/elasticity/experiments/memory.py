@@ -22,16 +22,15 @@ Every estimate is a dict of named parts in bytes, so that `elasticity plan` can 
   are read back from memory or `base_logprobs/`, so the base itself is on the GPU only in its own stage, measured
   against itself), the scorer's model (it comes on only to score), generation (the KV cache). Resistance measures
   after training (the optimizer freed) with a second model on the GPU for its KL controls.
-- total: the larger of the training peak and the measuring peak.
-
 - rl_training (an RL step, through TRL's trainer): the model state, TRL's own copy of the starting model as the
   KL reference (rl_reference: beta > 0 without LoRA), the activations of its batch (prompts_per_step x
   num_generations rows of prompt + completion) and its full-vocabulary logits of the completions (rl_logits:
   `TRL_LOGIT_COPIES` float32 copies, a bound).
+- total: the larger of the training peak and the measuring peak.
 
 Not counted: the CUDA context and the caching allocator's slack (`RUNTIME_BYTES`, added before a card is said to
-fit), the scorer's activations. Measured against the peak resident memory
-of CPU training runs in tests/test_plan_memory.py (within 25%).
+fit), the scorer's activations. Measured against the peak resident memory of CPU training runs in
+tests/test_plan_memory.py (within 25%).
 """
 
 from __future__ import annotations
