@@ -75,11 +75,24 @@ OTHER_CPU_RTOL, OTHER_CPU_ATOL = 1e-3, 1e-6  # against a recording from another 
 
 
 def cpu_kind() -> str:
-    """The vector units torch's kernels use here ("avx2", "avx512", ...): float rounding follows them, and a short
-    training chain carries a rounding difference into the 5th digit of a difference of losses."""
+    """The vector units torch's kernels use here and the CPU's maker ("avx2-amd", "avx512-intel", ...): float
+    rounding follows both (MKL picks its code path by vendor as well as by instruction set: an AMD and an Intel CPU
+    with AVX-512 round differently), and a short training chain carries a rounding difference into the 5th digit of
+    a difference of losses."""
+    import platform
+
     import torch
 
-    return torch.backends.cpu.get_cpu_capability().lower()
+    vendor = platform.processor() or "unknown"
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("vendor_id"):
+                vendor = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    maker = {"GenuineIntel": "intel", "AuthenticAMD": "amd"}.get(vendor, vendor.lower().replace(" ", "_"))
+    return f"{torch.backends.cpu.get_cpu_capability().lower()}-{maker}"
 
 
 def _cells(text: str) -> list[str]:
