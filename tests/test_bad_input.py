@@ -257,7 +257,10 @@ def _tree(root: Path) -> dict[str, int]:
 def test_bad_input_is_one_line_exit_2_and_nothing_written(case, files, tmp_path, monkeypatch, capsys):
     argv, message = CASES[case]
     monkeypatch.chdir(tmp_path)
-    args = argv(files)
+    _assert_refused(argv(files), message, files, tmp_path, capsys)
+
+
+def _assert_refused(args: list[str], message: str, files, tmp_path, capsys) -> None:
     before, fixtures = _tree(tmp_path), _tree(files["root"])
     capsys.readouterr()
     assert main(args) == 2
@@ -265,6 +268,29 @@ def test_bad_input_is_one_line_exit_2_and_nothing_written(case, files, tmp_path,
     assert len(err) == 1 and err[0].startswith("elasticity: error: "), err
     assert message in err[0], err[0]
     assert _tree(tmp_path) == before and _tree(files["root"]) == fixtures  # nothing written anywhere
+
+
+FSDP2 = {"ACCELERATE_USE_FSDP": "true", "FSDP_VERSION": "2"}
+# launches refused before anything is written: the environment accelerate launch gives each process
+LAUNCH_CASES = {
+    "DeepSpeed": ({"ACCELERATE_USE_DEEPSPEED": "true"}, lambda f: _rebound(f), "DeepSpeed is not supported"),
+    "FSDP1": ({"ACCELERATE_USE_FSDP": "true", "FSDP_VERSION": "1"}, lambda f: _train(f), "FSDP1 is not supported"),
+    "FSDP with a dpo step": (FSDP2, lambda f: _rebound(f, "--perturb", "dpo"),
+                             "FSDP shards sft steps only, and this run has a dpo step"),
+    "FSDP with LoRA (rebound)": (FSDP2, lambda f: _rebound(f, "--lora.r", "4"), "LoRA with FSDP is not supported"),
+    "FSDP with LoRA (train)": (FSDP2, lambda f: ["train", "--runs-dir", "runs", "--model.path", str(f["model"]),
+                                                 "--model.lora_r", "4", "--data", str(f["sft"])],
+                               "LoRA with FSDP is not supported"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(LAUNCH_CASES))
+def test_a_launch_this_toolkit_does_not_run_is_one_line_exit_2(case, files, tmp_path, monkeypatch, capsys):
+    env, argv, message = LAUNCH_CASES[case]
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.chdir(tmp_path)
+    _assert_refused(argv(files), message, files, tmp_path, capsys)
 
 
 def test_the_catalogue_is_large():

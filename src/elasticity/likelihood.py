@@ -107,6 +107,12 @@ def _parts(model):
     return parts
 
 
+def use_own_forward(model) -> None:
+    """Score `model` through its own forward (full logits, float32 work still chunked) instead of its backbone and
+    a chunked head: a model sharded by FSDP gathers its embeddings and head in its root's forward only."""
+    _PARTS[_language_model(model)] = None
+
+
 def check_packed_attention(model) -> None:
     """Refuse a model whose attention would let packed examples see each other.
 

@@ -23,6 +23,7 @@ from elasticity.experiments.skeleton import seed_order
 from elasticity.files import read_jsonl, write_jsonl
 from elasticity.generate import generate
 from elasticity.scorers.registry import Reversed, score_bounds
+from elasticity.train import sharding
 from elasticity.train.preference import ALGORITHMS, PREFERENCE, PreferenceConfig, PreferenceLoss, make_pairs
 from elasticity.train.rl import RL, rl_train
 
@@ -41,6 +42,7 @@ def check_steps(cfg) -> None:
         if algorithm != "sft" and cfg.train.pack_tokens:
             raise UserError(f"train.pack_tokens packs next-token (sft) examples only, and --{key} is {algorithm}: "
                             "set train.pack_tokens 0")
+    sharding.check_launch(cfg.lora.r > 0, (cfg.align, cfg.perturb))
     if ranks.world_size() > 1 and (cfg.align in RL or cfg.perturb in RL):
         raise UserError("rloo and grpo steps run in one process (TRL's trainer would take the launch's processes "
                         "over): run them without accelerate launch")

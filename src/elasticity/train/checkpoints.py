@@ -21,6 +21,7 @@ from elasticity.files import write_json
 from elasticity.models.hf import quiet_loading
 from elasticity.models.spec import save_model
 from elasticity.runs import Run
+from elasticity.train import sharding
 
 RESUME = "resume.pt"  # a run's resume state: tensors and plain values only
 
@@ -46,10 +47,11 @@ def write_checkpoint(lm, tok, path: Path, progress: dict) -> None:
     tmp.rename(path)
 
 
-def save_checkpoint(model, tok, path: Path, accelerator, progress: Progress) -> None:
+def save_checkpoint(lm, tok, path: Path, accelerator, progress: Progress) -> None:
+    """The main process writes `lm` (the others may pass None) while the others wait."""
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        write_checkpoint(accelerator.unwrap_model(model).lm, tok, path, vars(progress))
+        write_checkpoint(lm, tok, path, vars(progress))
     accelerator.wait_for_everyone()
 
 
@@ -66,15 +68,19 @@ def _trained_weights(lm) -> dict:
     return {k: v for k, v in lm.state_dict().items() if k in trained}
 
 
-def save_resume(run: Run, model, optimizer, scheduler, progress: Progress, accelerator) -> None:
+def save_resume(run: Run, model, optimizer, scheduler, progress: Progress, accelerator, sharded: bool = False) -> None:
     """Everything a resumed run needs, as tensors and plain Python values only (read back without pickle's
-    power to run code: `torch.load(weights_only=True)`)."""
+    power to run code: `torch.load(weights_only=True)`). A sharded run's states are gathered whole (by parameter
+    name) onto the main process, which writes them."""
+    lm = accelerator.unwrap_model(model).lm
+    weights, optimizer_state = sharding.resume_state(lm, optimizer) if sharded else (None, None)
     if not accelerator.is_main_process:
         return
     kind, keys, pos, has_gauss, gauss = np.random.get_state()
     state = {
-        "model": _trained_weights(accelerator.unwrap_model(model).lm),
-        "optimizer": optimizer.state_dict(),
+        "sharded": sharded,
+        "model": weights if sharded else _trained_weights(lm),
+        "optimizer": optimizer_state if sharded else optimizer.state_dict(),
         "scheduler": scheduler.state_dict(),
         "progress": vars(progress).copy(),
         "rng": {"torch": torch.get_rng_state(), "python": random.getstate(),
@@ -85,19 +91,30 @@ def save_resume(run: Run, model, optimizer, scheduler, progress: Progress, accel
     tmp.replace(run.file(RESUME))
 
 
-def load_resume(run: Run, model, optimizer, scheduler, accelerator) -> Progress:
-    try:
-        state = torch.load(run.file(RESUME), map_location="cpu", weights_only=True)
+def load_resume(run: Run, model, optimizer, scheduler, accelerator, sharded: bool = False) -> Progress:
+    try:  # memory-mapped: under FSDP every process reads its progress, and only the main one the weights
+        state = torch.load(run.file(RESUME), map_location="cpu", weights_only=True, mmap=True)
     except Exception:  # noqa: BLE001 - whatever the file is, it is not a resume state of ours
         raise UserError(f"{run.file(RESUME)} is not a resume state this toolkit wrote (it holds more than tensors "
                         "and plain values, and is not unpickled); delete it to start the stage over") from None
     lm = accelerator.unwrap_model(model).lm
+    if state.get("sharded", False) != sharded:
+        raise UserError(f"{run.file(RESUME)} was written by {'a' if state.get('sharded') else 'an un'}sharded run: "
+                        "resume it launched as it was, or delete it to start the stage over")
+    if sharded:
+        main = accelerator.is_main_process
+        sharding.load_resume_state(lm, optimizer, state["model"] if main else {}, state["optimizer"] if main else {})
+        return _restore_rest(state, scheduler)
     missing, unexpected = lm.load_state_dict(state["model"], strict=not _is_peft(lm))
     trained = {name for name, p in lm.named_parameters() if p.requires_grad}
     if unexpected or trained & set(missing):  # a LoRA state holds the trained weights, and only those may be missing
         raise UserError(f"{run.file(RESUME)} does not fit this model (its weights differ in name); delete it to "
                         "start the stage over")
     optimizer.load_state_dict(state["optimizer"])
+    return _restore_rest(state, scheduler)
+
+
+def _restore_rest(state: dict, scheduler) -> Progress:
     scheduler.load_state_dict(state["scheduler"])
     torch.set_rng_state(state["rng"]["torch"])
     kind, keys, pos, has_gauss, gauss = state["rng"]["numpy"]

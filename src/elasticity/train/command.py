@@ -13,6 +13,7 @@ from elasticity.data.sources import HUB_PREFIX, first_row
 from elasticity.data.tokenize import tokenize_note, tokenize_records
 from elasticity.models.spec import ModelConfig, load_model_for_training, model_input
 from elasticity.runs import Run, planned_run, run_stage
+from elasticity.train import sharding
 from elasticity.train.loop import TrainConfig, plan, train
 
 
@@ -63,6 +64,7 @@ def train_stage(cfg: Config, runs_root: Path, quiet: bool = False) -> Run:
     if not cfg.data:
         raise UserError("missing config key 'data' (the training records; set --data FILE.jsonl)")
     need = _need(cfg.kind)
+    sharding.check_launch(cfg.model.lora_r > 0)
     cfg.train.check("train")
     cfg.model.check()
     records = load_records(cfg.data, need, cfg.fields, cfg.split)

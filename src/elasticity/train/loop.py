@@ -25,9 +25,10 @@ import torch
 from elasticity.data.batching import Step, collate, collate_packed, ordered_indices, pack_step, plan_steps
 from elasticity.data.tokenize import Example, pad_id
 from elasticity.errors import UserError
-from elasticity.likelihood import check_packed_attention, teacher_forced, token_scores
+from elasticity.likelihood import check_packed_attention, teacher_forced, token_scores, use_own_forward
 from elasticity.ranks import no_accelerator
 from elasticity.runs import Run
+from elasticity.train import sharding
 from elasticity.train.checkpoints import RESUME, Progress, load_resume, save_checkpoint, save_resume, write_checkpoint
 
 __all__ = ["RESUME", "Progress", "TrainConfig", "no_accelerator", "plan", "train", "write_checkpoint"]
@@ -219,7 +220,9 @@ def train(
         cfg: optimisation settings.
         run: the run directory; `resume.pt` there, if present, is resumed from.
         evals: named evaluation sets, scored at start, every `eval_every` steps and at the end.
-        on_step: called after every optimizer step with (progress, unwrapped model), e.g. for snapshots.
+        on_step: called after every optimizer step with (progress, unwrapped model), e.g. for snapshots. Under FSDP
+            (`train.sharding`) the model is an ordinary copy on the main process at checkpoint marks, and None at
+            other steps and on the other processes; the model passed in stays sharded after the run.
         save_final: write the final model to `run/model` (off when the caller keeps only measurements).
         objective: the loss (`NextTokenLoss()` if none; `train.preference.PreferenceLoss` over pairs).
         keep_checkpoints: write a model at every checkpoint mark (off: the marks only cut steps and call
@@ -233,12 +236,11 @@ def train(
 
     if not examples:
         raise UserError("no training examples")
+    sharding.check_launch()
+    sharded = sharding.requested()  # FSDP2: the loop shards the model itself (see train.sharding)
+    if sharded and objective is not None:
+        raise UserError("FSDP shards next-token (sft) training only: launch a preference step with --multi_gpu")
     accelerator = Accelerator(cpu=no_accelerator())
-    if accelerator.distributed_type.name in ("DEEPSPEED", "FSDP"):
-        # sharded parameters: saving needs a gathered state dict and measuring a forward on every rank, which the
-        # experiments do not do yet; data parallelism (--multi_gpu) is what runs today
-        raise UserError(f"accelerate's {accelerator.distributed_type.name} is not supported yet: launch with "
-                        "--multi_gpu (data parallel), or one process")
     world = accelerator.num_processes
     steps = plan(examples, cfg, world)
     if not steps:
@@ -252,9 +254,16 @@ def train(
             raise UserError("train.gradient_checkpointing needs a Hugging Face model")
         # non-reentrant: gradients reach LoRA weights without the inputs requiring grad
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if sharded:
+        sharding.shard(model, accelerator.device)
+        use_own_forward(model)  # its root unit gathers the embeddings and the head in the model's own forward only
+        params = [p for p in model.parameters() if p.requires_grad]  # the shards
     optimizer = _optimizer(params, cfg, accelerator.device)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(cfg, len(steps)))
-    model, optimizer = accelerator.prepare(Objective(model), optimizer)
+    if sharded:
+        model = Objective(model)  # no data-parallel wrapper: the shards' gradients are reduce-scattered by FSDP
+    else:
+        model, optimizer = accelerator.prepare(Objective(model), optimizer)
     lm = accelerator.unwrap_model(model).lm  # the language model itself, wherever accelerate placed it
     device = accelerator.device
     pad = pad_id(tok)
@@ -265,7 +274,7 @@ def train(
     objective.setup(lm, examples, steps, pad, device, run, cfg.eval_batch_size, accelerator.is_main_process)
     progress = Progress()
     if run.file(RESUME).exists():
-        progress = load_resume(run, model, optimizer, scheduler, accelerator)
+        progress = load_resume(run, model, optimizer, scheduler, accelerator, sharded)
         if accelerator.is_main_process:
             run.truncate_metrics(lambda r: r.get("step", 0) <= progress.step)
         print(f"[train] resuming {run.path} at step {progress.step}/{len(steps)}")
@@ -275,16 +284,19 @@ def train(
     evals = evals or {}
     token_marks = sorted(cfg.checkpoint_tokens)
 
-    def do_eval() -> dict:
+    def do_eval() -> dict:  # on every process: the batches are shared out (every batch on each, when sharded)
         record = {}
         for name, data in evals.items():
-            scored = teacher_forced(lm, data, pad, cfg.eval_batch_size, bf16=cfg.bf16, accelerator=accelerator)
+            scored = teacher_forced(lm, data, pad, cfg.eval_batch_size, bf16=cfg.bf16,
+                                    accelerator=None if sharded else accelerator)
             record[f"eval/{name}/loss"] = scored.loss
             record[f"eval/{name}/bits_per_token"] = scored.bits_per_token
         return record
 
-    if evals and progress.step == 0 and accelerator.is_main_process:
-        run.log({"step": 0, "examples": 0, "tokens": 0, **do_eval()})
+    if evals and progress.step == 0:
+        first = do_eval()
+        if accelerator.is_main_process:
+            run.log({"step": 0, "examples": 0, "tokens": 0, **first})
 
     model.train()
     bar = tqdm(total=len(steps), initial=progress.step, disable=not (progress_bar and accelerator.is_main_process),
@@ -293,18 +305,28 @@ def train(
     train_loss = float("nan")
     t0 = time.perf_counter()
     for index, step in enumerate(steps[progress.step:], start=progress.step):
-        mine = step.micro_batches[accelerator.process_index::world] or [[]]
+        mine = step.micro_batches[accelerator.process_index::world]
+        if sharded:  # every forward is a collective: each process runs as many as the busiest one
+            mine += [None] * (-(-len(step.micro_batches) // world) - len(mine))
+        mine = mine or [[]]
         step_nll = torch.zeros((), dtype=torch.float64, device=device)
         step_tokens = 0
         with _autocast(device, cfg.bf16):
             objective.begin_step(lm, examples, step, index, pad, device, cfg.eval_batch_size)
         for m, idx in enumerate(mine):
+            sync = m == len(mine) - 1
+            if sharded:
+                lm.set_requires_gradient_sync(sync)
+            if idx is None:  # sharded, no share left here: a forward of another share, weighted 0
+                with _autocast(device, cfg.bf16):
+                    loss, _, _ = objective.micro(model, examples, step.micro_batches[0], pad, device)
+                accelerator.backward(loss * 0.0)
+                continue
             if not idx:  # this process has no share of a short step: contribute a zero gradient
                 loss = sum(p.sum() * 0.0 for p in params)
                 accelerator.backward(loss)
                 continue
-            sync = m == len(mine) - 1
-            with (nullcontext() if sync else accelerator.no_sync(model)), _autocast(device, cfg.bf16):
+            with (nullcontext() if sync or sharded else accelerator.no_sync(model)), _autocast(device, cfg.bf16):
                 loss, logged, tokens = objective.micro(model, examples, idx, pad, device)
                 # DDP averages gradients over processes, so scale by `world` to get sum / n_targets overall.
                 accelerator.backward(loss * world / max(step.n_targets, 1))
@@ -315,7 +337,11 @@ def train(
             step_tokens = int(accelerator.reduce(torch.tensor(step_tokens, device=device), reduction="sum"))
         grad_norm = None
         if cfg.max_grad_norm is not None:
-            grad_norm = float(accelerator.clip_grad_norm_(params, cfg.max_grad_norm))
+            if sharded:  # the norm of all shards together, as one process would have it
+                norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
+                grad_norm = float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)
+            else:
+                grad_norm = float(accelerator.clip_grad_norm_(params, cfg.max_grad_norm))
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
@@ -345,16 +371,20 @@ def train(
         marks += [f"tokens-{t}" for t in token_marks if tokens_before < t <= progress.tokens]
         if progress.examples in cfg.checkpoint_examples:
             marks.append(f"examples-{progress.examples}")
+        # a sharded model is read (saved, measured) as an ordinary copy on the main process, None elsewhere
+        reader = (sharding.gathered(lm, device, accelerator.is_main_process) if marks else None) if sharded else lm
         for name in marks if keep_checkpoints else ():
-            save_checkpoint(model, tok, run.file("checkpoints") / name, accelerator, progress)
+            save_checkpoint(reader, tok, run.file("checkpoints") / name, accelerator, progress)
         if on_step is not None:
-            on_step(progress, lm)
+            on_step(progress, reader)
+        reader = None  # a gathered copy is freed before the next step
         if not is_last and (marks or (cfg.save_every and progress.step % cfg.save_every == 0)):
-            save_resume(run, model, optimizer, scheduler, progress, accelerator)
+            save_resume(run, model, optimizer, scheduler, progress, accelerator, sharded)
     bar.close()
 
     if save_final:
-        save_checkpoint(model, tok, run.file("model"), accelerator, progress)
+        final = sharding.gathered(lm, device, accelerator.is_main_process) if sharded else lm
+        save_checkpoint(final, tok, run.file("model"), accelerator, progress)
     if accelerator.is_main_process:
         run.file(RESUME).unlink(missing_ok=True)
     elapsed = time.perf_counter() - t0
@@ -366,4 +396,5 @@ def train(
         "last_eval": last_eval,
         "train_seconds_this_session": round(elapsed, 3),
         "processes": world,
+        "sharded": sharded,
     }

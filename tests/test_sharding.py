@@ -1,0 +1,138 @@
+"""Rebound with sharded parameters (FSDP2, `configs/accelerate/fsdp2.yaml`, two processes over gloo on a CPU)
+equals one unsharded process accumulating two micro-batches, and every row is written once."""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from test_ranks import _config
+
+from elasticity.cli import main
+from elasticity.files import read_jsonl
+
+pytestmark = pytest.mark.slow
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _launch(config: Path, runs: Path, *extra: str) -> subprocess.CompletedProcess:
+    launcher = Path(sys.executable).with_name("accelerate")
+    return subprocess.run([str(launcher), "launch", "--config_file", str(ROOT / "configs/accelerate/fsdp2.yaml"),
+                           "--num_processes", "2", "-m", "elasticity", "rebound", "--config", str(config),
+                           "--runs-dir", str(runs), *extra], capture_output=True, text=True, cwd=runs.parent)
+
+
+def _rows(path: Path) -> list[dict]:
+    return list(csv.DictReader(open(path)))
+
+
+def test_sharded_rebound_equals_one_process(tiny_assets, tmp_path):
+    config = _config(tiny_assets, tmp_path)
+    two = _launch(config, tmp_path / "two")
+    assert two.returncode == 0, two.stderr[-3000:]
+    assert main(["rebound", "--config", str(config), "--runs-dir", str(tmp_path / "one"),
+                 "--train.grad_accum", "2"]) == 0
+    (two_run,), (one_run,) = ([r for r in (tmp_path / d).glob("rebound-*") if r.name.count("-") == 1]
+                              for d in ("two", "one"))
+    # each training step: the same loss and the same gradient norm (a gradient reduced wrongly, summed where it should
+    # be averaged, would hardly move AdamW's results, but it moves the norm)
+    def by_q1(d: Path) -> list[Path]:  # the negative stages in Q1 order (their names differ with grad_accum)
+        return sorted(d.glob("rebound-negative-*"), key=lambda r: read_jsonl(r / "points.jsonl")[0]["q1"])
+
+    stages = [[next(d.glob("rebound-positive-*")), *by_q1(d)] for d in (tmp_path / "two", tmp_path / "one")]
+    for two_stage, one_stage in zip(*stages, strict=True):
+        got, want = (read_jsonl(d / "metrics.jsonl") for d in (two_stage, one_stage))
+        for key in ("train/loss", "train/grad_norm"):
+            assert [r[key] for r in got] == pytest.approx([r[key] for r in want], rel=1e-5), (two_stage, key)
+    for name in ("results.csv", "metrics.csv"):
+        got, want = _rows(two_run / name), _rows(one_run / name)
+        assert len(got) == len(want), name
+        for g, w in zip(got, want):
+            assert g.keys() == w.keys()
+            for key in g:
+                try:
+                    assert float(g[key]) == pytest.approx(float(w[key]), rel=1e-4, abs=1e-6, nan_ok=True), (name, key)
+                except ValueError:
+                    assert g[key] == w[key], (name, key)
+    for negative in (tmp_path / "two").glob("rebound-negative-*"):
+        assert json.loads((negative / "summary.json").read_text())["sharded"] is True
+        assert sorted(p["q2"] for p in read_jsonl(negative / "points.jsonl")) == [0, 4, 12]  # each point once
+
+
+WORKER = """
+import json, sys, torch
+sys.path.insert(0, {tests!r})
+from test_train import _setup
+from elasticity.models.tiny import build_tiny_model
+from elasticity.runs import Run
+from elasticity.train.loop import TrainConfig, train
+
+assets = {assets!r}
+tok, examples = _setup({{k: __import__("pathlib").Path(v) for k, v in assets.items()}})
+# the cut at 20 examples makes steps 3 and 7 one micro-batch each: the second process runs a zero-weighted forward
+cfg = TrainConfig(lr=3e-3, batch_size=4, max_length=64, seed=1, save_every=2, checkpoint_steps=(7,),
+                  checkpoint_examples=(20,))
+
+def crash(progress, model):
+    if progress.step == 5:
+        raise KeyboardInterrupt
+
+for name, on_step in (("whole", None), ("crashed", crash)):
+    run = Run(__import__("pathlib").Path({out!r}) / name)
+    run.path.mkdir(parents=True, exist_ok=True)
+    try:
+        summary = train(build_tiny_model("0.2m", len(tok), 64, seed=0), tok, examples, cfg, run, on_step=on_step,
+                        progress_bar=False)
+    except KeyboardInterrupt:
+        assert run.file("resume.pt").exists()
+        summary = train(build_tiny_model("0.2m", len(tok), 64, seed=123), tok, examples, cfg, run,
+                        progress_bar=False)
+    assert summary["sharded"] and summary["processes"] == 2, summary
+"""
+
+
+def test_a_sharded_run_resumes_exactly_and_saves_the_whole_model(tiny_assets, tmp_path):
+    """Interrupted at step 5 and resumed from its step-4 state (gathered whole onto the main process), a sharded run
+    ends where the uninterrupted one does, to the bit; its saved models equal one process's run to rounding."""
+    import torch
+    from test_train import _setup
+
+    from elasticity.models.hf import load_causal_lm
+    from elasticity.models.tiny import build_tiny_model
+    from elasticity.runs import Run
+    from elasticity.train.loop import TrainConfig, train
+
+    script = tmp_path / "worker.py"
+    script.write_text(WORKER.format(tests=str(Path(__file__).parent), out=str(tmp_path / "sharded"),
+                                    assets={k: str(v) for k, v in tiny_assets.items()}))
+    launcher = Path(sys.executable).with_name("accelerate")
+    done = subprocess.run([str(launcher), "launch", "--config_file", str(ROOT / "configs/accelerate/fsdp2.yaml"),
+                           "--num_processes", "2", str(script)], capture_output=True, text=True, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    whole, crashed = (Run(tmp_path / "sharded" / n) for n in ("whole", "crashed"))
+    assert [r["train/loss"] for r in crashed.metrics()] == [r["train/loss"] for r in whole.metrics()]
+    assert not crashed.file("resume.pt").exists()
+    a, b = (load_causal_lm(str(r.file("model")))[0] for r in (whole, crashed))
+    for (name, p), q in zip(a.named_parameters(), b.parameters(), strict=True):
+        assert torch.equal(p, q), name
+
+    # one unsharded process accumulating the two processes' micro-batches
+    tok, examples = _setup(tiny_assets)
+    one = Run(tmp_path / "one")
+    one.path.mkdir()
+    alone = build_tiny_model("0.2m", len(tok), 64, seed=0)
+    train(alone, tok, examples, TrainConfig(lr=3e-3, batch_size=4, grad_accum=2, max_length=64, seed=1,
+                                            checkpoint_examples=(20,)), one, progress_bar=False)
+    assert [r["train/loss"] for r in whole.metrics()] == pytest.approx([r["train/loss"] for r in one.metrics()],
+                                                                      rel=1e-5)
+    assert len(whole.metrics()) == 7
+    kept = load_causal_lm(str(whole.file("checkpoints") / "step-7"))[0]
+    for (name, p), q in zip(alone.named_parameters(), a.parameters(), strict=True):
+        assert torch.allclose(p, q, atol=1e-4, rtol=0), name
+    for p, q in zip(kept.parameters(), a.parameters(), strict=True):
+        assert torch.equal(p, q)  # the last step's checkpoint is the final model
