@@ -85,6 +85,10 @@ def _rebound(f, *flags):
             "--policy.max_new_tokens", "4", *flags]
 
 
+def _plan(*flags, preset="rebound-imdb.yaml"):
+    return ["plan", "--config", str(ROOT / "configs" / "paper" / preset), *flags]
+
+
 def _resistance(f, *flags):
     return ["resistance", "--runs-dir", "runs", "--model", str(f["model"]), "--alignment", str(f["pairs"]),
             "--prompts", str(f["prompts"]), "--align.batch_size", "4", "--finetune.batch_size", "4",
@@ -243,6 +247,13 @@ CASES = {
                               "'x' is given twice"),
     "rates reference without a rate": (lambda f: ["rates", "--runs-dir", "runs", "--rebound", "r", "--normaliser",
                                                   "reference", "--reference", "positive"], "is not SET=BITS"),
+    # plan
+    "plan sharded dpo step": (lambda f: _plan("--fsdp", "2", "--perturb", "dpo"),
+                              "fsdp: FSDP shards sft steps only, and this preset has a dpo step"),
+    "plan sharded LoRA": (lambda f: _plan("--fsdp", "2", "--lora.r", "4"), "fsdp: LoRA with FSDP is not supported"),
+    "plan negative shards": (lambda f: _plan("--fsdp", "-1"), "fsdp must be >= 0"),
+    "plan sharded resistance": (lambda f: _plan("--fsdp", "2", preset="resistance-alpaca.yaml"),
+                                "fsdp: resistance runs in one process"),
     # compress
     "compress batch 0": (lambda f: ["compress", "--runs-dir", "runs", "--model", str(f["model"]), "--data",
                                     str(f["text"]), "--batch_size", "0"], "batch_size must be at least 1"),

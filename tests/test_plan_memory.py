@@ -180,6 +180,35 @@ def test_llama2_7b_rebound_plan(capsys):
     assert "fits one GPU (with 1.5 GiB for the CUDA runtime): 24GB yes, 40GB yes, 80GB yes" in text
 
 
+def test_a_sharded_llama2_7b_rebound_plan(capsys):
+    """--fsdp 4: each process holds a quarter of the model state (9.4 GiB of 50.2) and, while computing, two whole
+    layers and the root unit; the main process measures on a whole copy of the model beside its shard, so measuring
+    is the peak. By hand: Llama2-7B's root is 2 x 32000 x 4096 + 4096 parameters, a layer 202.4M."""
+    from elasticity.cli import main
+
+    flags = ["plan", "--config", str(ROOT / "configs" / "paper" / "rebound-imdb.yaml"), "--models",
+             "meta-llama/Llama-2-7b-hf", "--dtype", "bfloat16", "--train.gradient_checkpointing", "true",
+             "--train.batch_size", "1", "--train.grad_accum", "8", "--fsdp", "4"]
+    assert main([*flags, "--json"]) == 0
+    r = json.loads(capsys.readouterr().out)["models"][0]["resources"]
+    g, gib = r["gpu_memory"], 2**30
+    assert r["fsdp"] == 4 and r["peak"] == "measuring"
+    assert g["shard_weights"] == pytest.approx(g["weights"] / 4, abs=0.01)
+    assert g["shard_optimizer"] == pytest.approx(g["optimizer"] / 4, abs=0.01)
+    root, n = 2 * 32000 * 4096 + 4096, 6_738_415_616
+    layer = (n - root) / 32
+    assert g["fsdp_whole_weights"] == pytest.approx(2 * (2 * layer + root) / gib, abs=0.01)
+    assert g["fsdp_whole_gradients"] == pytest.approx(2 * (layer + root) / gib, abs=0.01)
+    assert g["fsdp_logits"] == pytest.approx(2 * 512 * 32000 * 2 / gib, abs=0.01)  # one row of 512, and its grad
+    assert g["measuring_other"] == pytest.approx(g["shard_weights"] + g["shard_optimizer"], abs=0.02)
+    assert g["measuring"] == pytest.approx(g["measuring_other"] + g["weights"] + g["generation"], abs=0.03)
+    assert g["training"] < 16 and r["fits"] == {"24GB": False, "40GB": True, "80GB": True}
+    assert main(flags) == 0
+    text = capsys.readouterr().out
+    assert "sharded over 4 GPUs (FSDP2; the main process, which measures)" in text
+    assert "a whole copy of the model 12.55" in text
+
+
 def _rss() -> int:
     for line in Path("/proc/self/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
@@ -253,6 +282,33 @@ def test_estimate_matches_the_peak_resident_memory_of_cpu_training(case):
     assert abs(estimate / increase - 1) <= 0.25
     assert abs(parts["weights"] / (measured["loaded"] - measured["imported"]) - 1) <= 0.25
 
+
+
+@pytest.mark.slow
+def test_the_sharded_estimate_matches_the_peak_resident_memory_of_two_cpu_processes():
+    """FSDP2 over two CPU processes (gloo), Qwen's vocabulary: each process's peak resident set over its baseline
+    (after the imports, before the model) against the sharded training estimate (`fsdp_memory`), within 25%. Here
+    the whole logits of the sharded model's own forward dominate, then the root unit held whole."""
+    from elasticity.experiments import fsdp_memory
+
+    case = ("float32", False, 128, 2, 151_936, 8, 128)
+    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": str(MIB), "OMP_NUM_THREADS": "1"}
+    launcher = Path(sys.executable).with_name("accelerate")
+    done = subprocess.run([str(launcher), "launch", "--config_file", str(ROOT / "configs/accelerate/fsdp2.yaml"),
+                           "--num_processes", "2", __file__, json.dumps(case)], capture_output=True, text=True,
+                          env=env, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    measured = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
+    assert len(measured) == 2
+    config = _llama(128, 2, 151_936)
+    n, shape = memory.meta_parameters(config), memory.Shape.of(config)
+    train = TrainConfig(batch_size=8, max_length=128)
+    parts = fsdp_memory.sharded_training(memory.training_memory(n, shape, "float32", train), 2, n, shape, "float32",
+                                         train)
+    for m in measured:
+        increase = m["peak"] - m["imported"]
+        print(f"sharded: estimated {parts['training'] / MIB:.0f} MiB, measured {increase / MIB:.0f} MiB")
+        assert abs(parts["training"] / increase - 1) <= 0.25
 
 
 GPU_CHECK = ROOT / "benchmarks" / "gpu_check.py"

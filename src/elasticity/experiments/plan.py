@@ -18,7 +18,6 @@ or generated one, at an assumed utilisation of an H100.
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,13 +26,34 @@ from elasticity.data.adapters import adapter
 from elasticity.data.prepare import check_data, defaults, prepare
 from elasticity.data.sources import HUB_PREFIX
 from elasticity.data.tokenize import encode_pair
-from elasticity.experiments import memory
-from elasticity.experiments.presets import Config, ModelEntry, Suite, check_suite, config_for, entries  # noqa: F401
+from elasticity.experiments import fsdp_memory, memory, presets
+from elasticity.experiments.plan_text import text_plan
+from elasticity.experiments.presets import ModelEntry, Suite, check_suite, entries
 from elasticity.experiments.skeleton import seed_order
 from elasticity.hub import cached_commit, hub_cached, model_folder, split_revision
 from elasticity.models.hf import parameter_count
 
 __all__ = ["Config", "config_for", "run", "build_plan"]
+
+
+@dataclass(frozen=True)
+class ReboundPlan(presets.ReboundPreset):
+    fsdp: int = 0  # GPU memory per process with the model sharded over this many GPUs (FSDP2:
+    # configs/accelerate/fsdp2.yaml); 0 = not sharded, every process holds the whole model
+
+
+@dataclass(frozen=True)
+class ResistancePlan(presets.ResistancePreset):
+    fsdp: int = 0  # (resistance runs in one process: refused above 0)
+
+
+Config = ReboundPlan  # the CLI's default class; `config_for` picks the one a file asks for
+PLANS = {presets.ReboundPreset: ReboundPlan, presets.ResistancePreset: ResistancePlan}
+
+
+def config_for(path: str | None) -> type:
+    """The preset class a config file asks for, with the plan's own settings."""
+    return PLANS[presets.config_for(path)]
 
 GIB = memory.GIB
 ASSUMPTIONS = {
@@ -245,6 +265,8 @@ def _resources(cfg, model: Model, totals: dict, scorer_params: float | None, pro
     if cfg.lora.r > 0 and model.config is not None:  # exact: peft's own wrap on the meta device
         lora = memory.lora_parameters(model.config, cfg.lora, cfg.trust_remote_code)
     mem = memory.gpu_memory(n, model.config, cfg, lora, scorer_params, prompt_tokens)
+    if cfg.fsdp:
+        mem = fsdp_memory.sharded(mem, cfg.fsdp, n, model.config, cfg)
     disk = memory.disk(n, model.config, cfg, totals["kept_checkpoints"], lora)
     trains = [cfg.train] if hasattr(cfg, "train") else [cfg.align, cfg.finetune]
     per_token = (4 if lora else 6) + (2 if any(t.gradient_checkpointing for t in trains) else 0)  # FLOPs / N
@@ -254,7 +276,7 @@ def _resources(cfg, model: Model, totals: dict, scorer_params: float | None, pro
     seconds = train_flops / (PEAK_FLOPS * a["training_utilisation"]) + \
         infer_flops / (PEAK_FLOPS * a["inference_utilisation"])
     parts = {k: _gib(v) for k, v in mem.items() if isinstance(v, float | int) and not isinstance(v, bool)}
-    return {"gpu_memory_gib": round(mem["total"] / GIB, 1), "gpu_memory": parts, "peak": mem["peak"],
+    return {"gpu_memory_gib": round(mem["total"] / GIB, 1), "gpu_memory": parts, "peak": mem["peak"], "fsdp": cfg.fsdp,
             "fits": mem["fits"], "lora_parameters": lora, "prompt_tokens": prompt_tokens,
             "architecture_from": model.architecture_from,
             "activations_included": model.config is not None, "disk_gib": round(disk["total"] / GIB, 1),
@@ -274,6 +296,7 @@ def _scorer(cfg) -> dict:
 def build_plan(cfg: Suite) -> dict:
     """The whole plan as plain data (what `--json` prints)."""
     check_suite(cfg, models_here=False)  # a plan says what is missing instead
+    fsdp_memory.check(cfg, cfg.fsdp, cfg.lora.r > 0)
     models = [_read_model(e) for e in entries(cfg)]
     data, prepared = _data(cfg, models)
     scorer = _scorer(cfg) if cfg.experiment == "rebound" or getattr(cfg, "score", False) else None
@@ -294,79 +317,6 @@ def build_plan(cfg: Suite) -> dict:
         })
     return {"experiment": cfg.experiment, "paper": cfg.paper, "data": data, "scorer": scorer,
             "models": per_model, "assumptions": ASSUMPTIONS, "config": to_dict(cfg)}
-
-
-def _fmt(x) -> str:
-    if x is None:
-        return "?"
-    if isinstance(x, float) and not x.is_integer():
-        return f"{x:,.2f}"
-    return f"{int(x):,}" if isinstance(x, (int, float)) and math.isfinite(x) else str(x)
-
-
-def _parts(parts: dict, names: tuple[str, ...]) -> str:
-    return ", ".join(f"{k.replace('_', ' ')} {parts[k]}" for k in names if parts.get(k))
-
-
-def _resource_lines(r: dict) -> list[str]:
-    if "note" in r:
-        return [f"  resources: {r['note']}"]
-    g, d = r["gpu_memory"], r["disk"]
-    shapes = {"config": "", "known": " (architecture from memory.KNOWN: the model is not here)",
-              "unknown": " (activations, logits and generation not included: no config here)"}
-    fits = ", ".join(f"{k} {'yes' if v else 'no'}" for k, v in r["fits"].items())
-    lines = [f"  GPU memory per process: {r['gpu_memory_gib']} GiB at the {r['peak']} peak"
-             + shapes[r["architecture_from"]],
-             f"    training {g['training']} GiB: " + _parts(g, ("weights", "gradients", "optimizer", "autocast_copies",
-                                                                "activations", "logits_chunk",
-                                                                "head_gradient_temporary"))
-             + (f" (LoRA: {r['lora_parameters']:,} trained parameters)" if r["lora_parameters"] else "")
-             + (f"; an RL step through TRL {g['rl_training']} GiB: the model state, "
-                + _parts(g, ("rl_reference", "rl_activations", "rl_logits")) + " (bound)" if g.get("rl_training")
-                else ""),
-             f"    measuring {g['measuring']} GiB: the trained model (a rebound's optimizer state too) and the largest "
-             f"of: a teacher-forced batch {g['teacher_forced']}"
-             + (f" with a second model {g['reference']}" if g.get("reference") else "")
-             + (f" and the base's log-probabilities {g['base_cache']}" if g.get("base_cache") else "")
-             + f", the scorer {g['scorer']}, generation {g['generation']}"
-             + ("" if r["prompt_tokens"] else " (prompts <= max_length tokens: the data is not here)"),
-             f"    fits one GPU (with {ASSUMPTIONS['runtime_gib']} GiB for the CUDA runtime): {fits}",
-             f"  disk at peak: {r['disk_gib']} GiB: {r['kept_checkpoints']} kept checkpoints {d['kept_checkpoints']}"
-             f" GiB + a resume state {d['resume_state']} GiB (x2 while it is replaced)"
-             + (f" + the base's log-probabilities <= {d['base_logprobs']} GiB" if d.get("base_logprobs") else "")
-             + "; measurements negligible",
-             f"  GPU-hours: {r['gpu_hours']}"]
-    return lines
-
-
-def text_plan(plan: dict) -> str:
-    lines = [f"plan: {plan['experiment']}" + (f" - {plan['paper']}" if plan["paper"] else "")]
-    d = plan["data"]
-    if "dataset" in d:
-        lines.append(f"data: {d['dataset']} from {d['source']} (split {d['split']}, evaluation prompts from "
-                     f"{d['heldout_split'] or 'the same split, held out by prompt'}; template {d['template']}): "
-                     f"{d['available']}")
-        if "pools" in d:
-            lines.append("  pools: " + ", ".join(f"{k} {_fmt(v)}" for k, v in d["pools"].items())
-                         + f"; {d['prompts']} evaluation prompts")
-    if plan["scorer"]:
-        s = plan["scorer"]
-        lines.append(f"scorer: {s['name']}" + (f" {s['model']} ({s['available']}, {_fmt(s['parameters'])} "
-                                               f"parameters)" if s.get("model") else ""))
-    for m in plan["models"]:
-        lines.append(f"model {m['label']}: {m['model']} ({m['available']}"
-                     + (f", commit {m['commit'][:12]}" if m["commit"] else "")
-                     + f"; {_fmt(m['parameters'])} parameters from {m['parameters_from']}"
-                     + (f"; pre-trained on {_fmt(m['pretraining_tokens'])} tokens" if m["pretraining_tokens"] else "")
-                     + ")")
-        for s in m["stages"]:
-            bound = "" if s.get("exact", True) else "<= "
-            extra = ", ".join(f"{k.replace('_', ' ')} {bound if k == 'training_tokens' else ''}{_fmt(v)}"
-                              for k, v in s.items() if k not in ("stage", "exact"))
-            lines.append(f"  {s['stage']}: {extra}")
-        lines += _resource_lines(m["resources"])
-    lines.append("estimates assume " + ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in plan["assumptions"].items()))
-    return "\n".join(lines)
 
 
 def run(cfg: Suite, runs_root: Path) -> None:
