@@ -76,7 +76,8 @@ assets = {assets!r}
 tok, examples = _setup({{k: __import__("pathlib").Path(v) for k, v in assets.items()}})
 # the cut at 20 examples makes steps 3 and 7 one micro-batch each: the second process runs a zero-weighted forward
 cfg = TrainConfig(lr=3e-3, batch_size=4, max_length=64, seed=1, save_every=2, checkpoint_steps=(7,),
-                  checkpoint_examples=(20,))
+                  checkpoint_examples=(20,), eval_every=3)
+evals = {{"held": examples[:6]}}  # measured on every process, through the sharded model
 
 def crash(progress, model):
     if progress.step == 5:
@@ -86,11 +87,11 @@ for name, on_step in (("whole", None), ("crashed", crash)):
     run = Run(__import__("pathlib").Path({out!r}) / name)
     run.path.mkdir(parents=True, exist_ok=True)
     try:
-        summary = train(build_tiny_model("0.2m", len(tok), 64, seed=0), tok, examples, cfg, run, on_step=on_step,
-                        progress_bar=False)
+        summary = train(build_tiny_model("0.2m", len(tok), 64, seed=0), tok, examples, cfg, run, evals,
+                        on_step=on_step, progress_bar=False)
     except KeyboardInterrupt:
         assert run.file("resume.pt").exists()
-        summary = train(build_tiny_model("0.2m", len(tok), 64, seed=123), tok, examples, cfg, run,
+        summary = train(build_tiny_model("0.2m", len(tok), 64, seed=123), tok, examples, cfg, run, evals,
                         progress_bar=False)
     assert summary["sharded"] and summary["processes"] == 2, summary
 """
@@ -115,7 +116,7 @@ def test_a_sharded_run_resumes_exactly_and_saves_the_whole_model(tiny_assets, tm
                            "--num_processes", "2", str(script)], capture_output=True, text=True, cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
     whole, crashed = (Run(tmp_path / "sharded" / n) for n in ("whole", "crashed"))
-    assert [r["train/loss"] for r in crashed.metrics()] == [r["train/loss"] for r in whole.metrics()]
+    assert crashed.metrics() == whole.metrics()  # every loss, gradient norm and evaluation, to the bit
     assert not crashed.file("resume.pt").exists()
     a, b = (load_causal_lm(str(r.file("model")))[0] for r in (whole, crashed))
     for (name, p), q in zip(a.named_parameters(), b.parameters(), strict=True):
@@ -127,10 +128,12 @@ def test_a_sharded_run_resumes_exactly_and_saves_the_whole_model(tiny_assets, tm
     one.path.mkdir()
     alone = build_tiny_model("0.2m", len(tok), 64, seed=0)
     train(alone, tok, examples, TrainConfig(lr=3e-3, batch_size=4, grad_accum=2, max_length=64, seed=1,
-                                            checkpoint_examples=(20,)), one, progress_bar=False)
-    assert [r["train/loss"] for r in whole.metrics()] == pytest.approx([r["train/loss"] for r in one.metrics()],
-                                                                      rel=1e-5)
-    assert len(whole.metrics()) == 7
+                                            checkpoint_examples=(20,), eval_every=3), one, {"held": examples[:6]},
+          progress_bar=False)
+    for key in ("train/loss", "eval/held/loss"):
+        got, want = ([r[key] for r in run.metrics() if key in r] for run in (whole, one))
+        assert len(got) == len(want) > 1 and got == pytest.approx(want, rel=1e-5), key
+    assert [r["step"] for r in whole.metrics() if "train/loss" in r] == list(range(1, 8))
     kept = load_causal_lm(str(whole.file("checkpoints") / "step-7"))[0]
     for (name, p), q in zip(alone.named_parameters(), a.parameters(), strict=True):
         assert torch.allclose(p, q, atol=1e-4, rtol=0), name

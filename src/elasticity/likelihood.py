@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import inspect
 import weakref
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import Literal
 
@@ -77,6 +77,18 @@ def _head_function(lm):
     return lambda h: torch.tanh(head(h) / cap) * cap
 
 
+@contextmanager
+def _probing(lm):
+    """Eval mode (no dropout in a comparison) without gradients; the model's mode is restored after."""
+    was_training = lm.training
+    lm.eval()
+    try:
+        with torch.no_grad():
+            yield
+    finally:
+        lm.train(was_training)
+
+
 def _parts(model):
     """(backbone, head function) whose composition is the model's logits, or None (then the model's own
     forward gives full logits and only the float32 work is chunked).
@@ -91,16 +103,10 @@ def _parts(model):
     backbone = getattr(lm, "base_model", None)
     if backbone is not None and backbone is not lm and getattr(lm, "get_output_embeddings", lambda: None)():
         head = _head_function(lm)
-        device = next(lm.parameters()).device
-        probe = torch.tensor([[0, 1]], device=device)
-        was_training = lm.training
-        lm.eval()  # no dropout in the comparison
-        try:
-            with torch.no_grad():
-                want = lm(input_ids=probe, use_cache=False).logits.float()
-                got = head(_hidden(backbone, probe, None)).float()
-        finally:
-            lm.train(was_training)
+        probe = torch.tensor([[0, 1]], device=next(lm.parameters()).device)
+        with _probing(lm):
+            want = lm(input_ids=probe, use_cache=False).logits.float()
+            got = head(_hidden(backbone, probe, None)).float()
         if got.shape == want.shape and torch.allclose(got, want, rtol=1e-5, atol=1e-6):
             parts = (backbone, head)
     _PARTS[lm] = parts
@@ -127,15 +133,10 @@ def check_packed_attention(model) -> None:
         return
     device = next(lm.parameters()).device
     first, second = torch.tensor([[1, 2, 3]], device=device), torch.tensor([[4, 5]], device=device)
-    was_training = lm.training
-    lm.eval()
-    try:
-        with torch.no_grad():
-            alone = torch.cat([lm(input_ids=x, use_cache=False).logits for x in (first, second)], 1).float()
-            packed = lm(input_ids=torch.cat([first, second], 1), position_ids=torch.tensor([[0, 1, 2, 0, 1]],
-                        device=device), use_cache=False).logits.float()
-    finally:
-        lm.train(was_training)
+    with _probing(lm):
+        alone = torch.cat([lm(input_ids=x, use_cache=False).logits for x in (first, second)], 1).float()
+        packed = lm(input_ids=torch.cat([first, second], 1), position_ids=torch.tensor([[0, 1, 2, 0, 1]],
+                    device=device), use_cache=False).logits.float()
     if not torch.allclose(packed, alone, rtol=1e-4, atol=1e-5):
         name = type(lm).__name__
         raise UserError(f"{name} lets packed examples attend to each other here (attention "
@@ -305,7 +306,8 @@ def _batches(lengths: list[int], batch_size: int, batch_tokens: int | None) -> l
     return out + [(start, len(lengths))] if lengths else out
 
 
-@torch.inference_mode()
+@torch.no_grad()  # not inference_mode: a sharded (FSDP2) model's weights gathered in it could not be written by the
+# next training forward
 def teacher_forced(model, examples: list[Example], pad: int, batch_size: int = 32, *, reference=None,
                    direction: Direction = "forward", cache: dict | None = None, bf16: bool = False,
                    accelerator=None, batch_tokens: int | None = None) -> Scored:

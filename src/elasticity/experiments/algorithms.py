@@ -1,11 +1,11 @@
 """`elasticity algorithms`: rebound with the perturbation done by each objective, in both orders (Appendix B.2).
 
 The paper repeats rebound with PPO, DPO, KTO and SimPO as the perturbation instead of SFT (its Figure 7; PPO is
-RLOO or GRPO here, see `train.rl`) and in the reversed order, negative data first and positive after (Figure 8). Here every (order, algorithm) is one
-rebound (`--perturb ALGORITHM`, `--reverse` for the reversed order) on the same base model, data, grid and
-seeds, each its own cached stages; the final `algorithms-<h>/` stage writes the heatmaps (Q1 x Q2 -> score,
-one panel per order and algorithm), the elasticity metrics per algorithm with their intervals, and whether the
-ordering holds (`report.algorithms`).
+RLOO or GRPO here, see `train.rl`) and in the reversed order, negative data first and positive after (Figure 8).
+Here every (order, algorithm) is one rebound (`--perturb ALGORITHM`, `--reverse` for the reversed order) on the
+same base model, data, grid and seeds, each its own cached stages; the final `algorithms-<h>/` stage writes the
+heatmaps (Q1 x Q2 -> score, one panel per order and algorithm), the elasticity metrics per algorithm with their
+intervals, and whether the ordering holds (`report.algorithms`).
 
 The base model is `model` with its files, or, when `model` is empty, the embedded world's model of
 `pretrain` (the demo's 1M-parameter model by default: the same cached stages) with the world's files and its

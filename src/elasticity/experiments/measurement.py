@@ -90,8 +90,8 @@ class Evaluator:
         self.pad_id = pad_id(self.tok)
         # The base's log-probabilities on the fixed sets are the same at every grid point: kept in memory if they
         # fit in CACHE_FLOATS (a tiny model's ~10^7 floats), else on disk (a 7B model's ~4 x 10^9).
-        self.positions = sum(len(ex.input_ids) for v in [*self._pairs.values(), *self._texts.values()] for ex in v)
-        in_memory = self.positions * self.vocab <= CACHE_FLOATS
+        positions = sum(len(ex.input_ids) for v in [*self._pairs.values(), *self._texts.values()] for ex in v)
+        in_memory = positions * self.vocab <= CACHE_FLOATS
         names = [*self._pairs, *("text:" + n for n in self._texts)]
         self._cache = ({n: {} for n in names} if in_memory else {} if self.cache_dir is None else
                        {n: DiskSet(Path(self.cache_dir) / n.replace(":", "-")) for n in names})
@@ -126,7 +126,7 @@ class Evaluator:
         samples = generate(model, self.tok, self.prompts, self.policy)
         texts = [(s["prompt"] + s["response"]) if self.score_prompt else s["response"] for s in samples]
         scores = [float(v) for v in self.scorer.score(texts)]
-        return self._teacher_forced(model, samples, scores)
+        return self._measurement(model, samples, scores)
 
     def _scored(self, model, name: str, examples: list):
         cache, base = self._reference(name)
@@ -139,7 +139,8 @@ class Evaluator:
                 self._base = None  # every set is on disk: the base is not needed again
         return scored
 
-    def _teacher_forced(self, model, samples: list[dict], scores: list[float]) -> tuple[Measurement, list[dict]]:
+    def _measurement(self, model, samples: list[dict], scores: list[float]) -> tuple[Measurement, list[dict]]:
+        """The scores' mean and clustered SE, with the teacher-forced bits/token and KL to the base of every set."""
         mean, se = clustered_mean_se(scores, [s["prompt_index"] for s in samples])
         bits, kl_to_base = {}, {}
         kl_nats, kl_tokens = 0.0, 0

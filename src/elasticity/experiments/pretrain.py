@@ -193,7 +193,8 @@ def _table(rows: list[dict]) -> str:
     head = "| size | checkpoint | tokens | " + " | ".join(f"{c}: whole / packed (true)" for c in COMPONENTS) + " |"
     lines = [head, "|" + "---|" * (3 + len(COMPONENTS))]
     for r in rows:
-        cells = [f"{r[c]['bits_per_token']:.3f} / {r[c]['packed_bits_per_token']:.3f} ({r[c]['true_bits_per_token']:.3f})"
+        cells = [f"{r[c]['bits_per_token']:.3f} / {r[c]['packed_bits_per_token']:.3f} "
+                 f"({r[c]['true_bits_per_token']:.3f})"
                  for c in COMPONENTS]
         lines.append(f"| {r['size']} | {r['checkpoint']} | {r['tokens']:,} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"

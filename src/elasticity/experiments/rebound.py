@@ -24,8 +24,8 @@ Either step can train on preference pairs instead of SFT (`--align`, `--perturb`
 `train.preference`): the alignment on the first half of `pairs` (chosen = the aligned response), the
 perturbation on the second half with chosen and rejected swapped; Q1 and Q2 then count pairs. `--reverse`
 aligns toward the negative side and perturbs toward the positive one (the files' roles swap) and reads every
-scorer reversed (`scorers.registry.Reversed`), so a score still rises with alignment. See `measurement` for every measured column
-and `analysis.rebound` for the elasticity metrics.
+scorer reversed (`scorers.registry.Reversed`), so a score still rises with alignment. See `measurement` for every
+measured column and `analysis.rebound` for the elasticity metrics.
 """
 
 from __future__ import annotations
