@@ -17,7 +17,7 @@ What changes from `memory.gpu_memory`'s unsharded estimate, part by part:
 from __future__ import annotations
 
 from elasticity.errors import UserError
-from elasticity.experiments.memory import BYTES, Shape, fits
+from elasticity.experiments.memory import BYTES, Shape, accumulates, fits, micro_batch
 
 
 def check(cfg, shards: int, lora: bool) -> None:
@@ -46,15 +46,14 @@ def sharded_training(parts: dict, shards: int, parameters: float, shape: Shape |
     if shape is not None:
         root = shape.vocab * shape.hidden * (1 if shape.tied else 2) + shape.hidden
         layer = (parameters - root) / shape.layers
-        rows, width = (1, train.pack_tokens) if train.pack_tokens else (train.batch_size, train.max_length)
+        rows, width = micro_batch(train)
         logits = 2 * rows * width * shape.vocab * e
     out["fsdp_whole_weights"] = (2 * layer + root) * e
     out["fsdp_whole_gradients"] = (layer + root) * e
     out["fsdp_logits"] = logits
     state = out["shard_weights"] + out["shard_optimizer"] + out["shard_autocast_copies"] + out["fsdp_whole_weights"]
-    accumulates = train.grad_accum > 1 or 0 < train.pack_tokens < train.batch_size * train.max_length
     at_head = (parts.get("activations", 0.0) + parts.get("logits_chunk", 0.0) + logits + out["fsdp_whole_gradients"]
-               + (out["shard_gradients"] if accumulates else 0.0))
+               + (out["shard_gradients"] if accumulates(train) else 0.0))
     out["training"] = state + max(at_head, out["shard_gradients"] + out["fsdp_whole_gradients"])
     return out
 

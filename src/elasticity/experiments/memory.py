@@ -206,6 +206,18 @@ def chunk_floats(rows: int, width: int, vocab: int) -> int:
     return rows * min(width, max(1, CHUNK_FLOATS // max(1, rows * vocab))) * vocab
 
 
+def micro_batch(train, rows_factor: int = 1) -> tuple[int, int]:
+    """(rows, width) of a micro-batch: batch_size rows of max_length (bound), or one padding-free row of
+    pack_tokens; `rows_factor` 2 for a preference objective (both sides in a batch)."""
+    return (1, train.pack_tokens) if train.pack_tokens else (train.batch_size * rows_factor, train.max_length)
+
+
+def accumulates(train) -> bool:
+    """Whether gradients accumulate over a step's micro-batches: grad_accum of them, or more rows where packing
+    cuts a step."""
+    return train.grad_accum > 1 or 0 < train.pack_tokens < train.batch_size * train.max_length
+
+
 def training_memory(parameters: float, shape: Shape | None, dtype: str, train, lora_trainable: int | None = None,
                     rows_factor: int = 1) -> dict:
     """The training peak and its parts (bytes). `train` is a TrainConfig; `lora_trainable` the adapters'
@@ -228,10 +240,8 @@ def training_memory(parameters: float, shape: Shape | None, dtype: str, train, l
         elif not train.gradient_checkpointing:  # frozen weights: cast per use, kept by autograd for the backward
             copies = 2 * (parameters - embedding)
     parts["autocast_copies"] = copies
-    # a micro-batch: batch_size rows of max_length (bound), or one padding-free row of pack_tokens
-    rows, width = (1, train.pack_tokens) if train.pack_tokens else (train.batch_size * rows_factor, train.max_length)
-    # gradients accumulate over a step's micro-batches: grad_accum of them, or more rows where packing cuts a step
-    accumulates = train.grad_accum > 1 or 0 < train.pack_tokens < train.batch_size * train.max_length
+    rows, width = micro_batch(train, rows_factor)
+    accumulating = accumulates(train)
     head_gradient = 0.0 if lora else embedding * te  # LoRA leaves the head frozen
     if shape is None:
         parts.update(activations=0.0, logits_chunk=0.0, head_gradient_temporary=0.0)
@@ -240,10 +250,10 @@ def training_memory(parameters: float, shape: Shape | None, dtype: str, train, l
                                                 train.gradient_checkpointing)
         floats = chunk_floats(rows, width - 1, shape.vocab)
         parts["logits_chunk"] = CHUNK_TEMPORARIES * 4 * floats
-        several = floats < rows * (width - 1) * shape.vocab or accumulates
+        several = floats < rows * (width - 1) * shape.vocab or accumulating
         parts["head_gradient_temporary"] = head_gradient if several else 0.0
     at_head = parts["activations"] + parts["logits_chunk"] + parts["head_gradient_temporary"] + (
-        parts["gradients"] if accumulates else head_gradient)
+        parts["gradients"] if accumulating else head_gradient)
     parts["training"] = parts["weights"] + parts["optimizer"] + copies + max(at_head, parts["gradients"])
     return parts
 
