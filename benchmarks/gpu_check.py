@@ -177,11 +177,14 @@ def main() -> None:
     start = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
-        paths = build(folder, size, device)
+        # stdout is this script's JSON alone; saving a model imports DeepSpeed where it is installed, whose log
+        # writes to the stdout of its import
+        with contextlib.redirect_stdout(sys.stderr):
+            paths = build(folder, size, device)
         flags = rebound_flags(paths, size, device, args.set)
         mem.reset()
         t0 = time.perf_counter()
-        with contextlib.redirect_stdout(sys.stderr):  # stdout is this script's JSON alone
+        with contextlib.redirect_stdout(sys.stderr):
             code = cli(["rebound", "--runs-dir", str(folder / "runs"), *flags])
         if code != 0:
             sys.exit(f"gpu_check: the rebound failed (exit {code}); its lines are above")

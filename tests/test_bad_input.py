@@ -282,9 +282,19 @@ def _assert_refused(args: list[str], message: str, files, tmp_path, capsys) -> N
 
 
 FSDP2 = {"ACCELERATE_USE_FSDP": "true", "FSDP_VERSION": "2"}
+ZERO3 = {"ACCELERATE_USE_DEEPSPEED": "true", "ACCELERATE_DEEPSPEED_ZERO_STAGE": "3"}
 # launches refused before anything is written: the environment accelerate launch gives each process
 LAUNCH_CASES = {
-    "DeepSpeed": ({"ACCELERATE_USE_DEEPSPEED": "true"}, lambda f: _rebound(f), "DeepSpeed is not supported"),
+    "DeepSpeed ZeRO-2": ({**ZERO3, "ACCELERATE_DEEPSPEED_ZERO_STAGE": "2"}, lambda f: _rebound(f),
+                         "DeepSpeed ZeRO stage 2 is not supported: set zero_stage: 3"),
+    "DeepSpeed offloading": ({**ZERO3, "ACCELERATE_DEEPSPEED_OFFLOAD_OPTIMIZER_DEVICE": "cpu"}, lambda f: _train(f),
+                             "DeepSpeed offloading is not supported (offload_optimizer_device is cpu)"),
+    "DeepSpeed config file": ({**ZERO3, "ACCELERATE_DEEPSPEED_CONFIG_FILE": "ds.json"}, lambda f: _rebound(f),
+                              "a deepspeed_config_file is not read"),
+    "ZeRO-3 with a simpo step": (ZERO3, lambda f: _rebound(f, "--align", "simpo"),
+                                 "DeepSpeed ZeRO-3 shards sft steps only, and this run has a simpo step"),
+    "ZeRO-3 with LoRA": (ZERO3, lambda f: _rebound(f, "--lora.r", "4"),
+                         "LoRA with DeepSpeed ZeRO-3 is not supported"),
     "FSDP1": ({"ACCELERATE_USE_FSDP": "true", "FSDP_VERSION": "1"}, lambda f: _train(f), "FSDP1 is not supported"),
     "FSDP with a dpo step": (FSDP2, lambda f: _rebound(f, "--perturb", "dpo"),
                              "FSDP shards sft steps only, and this run has a dpo step"),

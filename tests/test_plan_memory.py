@@ -244,7 +244,8 @@ def _child(dtype: str, checkpointing: bool, hidden: int, layers: int, vocab: int
         train(model, SimpleNamespace(pad_token_id=0, eos_token_id=0), examples, cfg, Run(Path(tmp)),
               progress_bar=False, save_final=False)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: KiB
-    print(json.dumps({"imported": imported, "loaded": loaded, "peak": peak}))
+    # one write(2) of a short line: the two processes of a launch share the pipe, and print may write in pieces
+    os.write(1, (json.dumps({"imported": imported, "loaded": loaded, "peak": peak}) + "\n").encode())
 
 
 MEASURED = [  # (dtype, gradient checkpointing, hidden, layers, vocab, rows, length[, pack_tokens])

@@ -1,5 +1,6 @@
-"""Rebound with sharded parameters (FSDP2, `configs/accelerate/fsdp2.yaml`, two processes over gloo on a CPU)
-equals one unsharded process accumulating two micro-batches, and every row is written once."""
+"""Rebound with sharded parameters (FSDP2 or DeepSpeed ZeRO-3: `configs/accelerate/fsdp2.yaml`, `zero3.yaml`; two
+processes over gloo on a CPU) equals one unsharded process accumulating two micro-batches, and every row is written
+once; a sharded run resumes exactly."""
 
 from __future__ import annotations
 
@@ -15,25 +16,25 @@ from test_ranks import _config
 from elasticity.cli import main
 from elasticity.files import read_jsonl
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.parametrize("sharding", ["fsdp2", "zero3"])]
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _launch(config: Path, runs: Path, *extra: str) -> subprocess.CompletedProcess:
+def _launch(sharding: str, *args: str, cwd: Path) -> subprocess.CompletedProcess:
     launcher = Path(sys.executable).with_name("accelerate")
-    return subprocess.run([str(launcher), "launch", "--config_file", str(ROOT / "configs/accelerate/fsdp2.yaml"),
-                           "--num_processes", "2", "-m", "elasticity", "rebound", "--config", str(config),
-                           "--runs-dir", str(runs), *extra], capture_output=True, text=True, cwd=runs.parent)
+    return subprocess.run([str(launcher), "launch", "--config_file", str(ROOT / f"configs/accelerate/{sharding}.yaml"),
+                           "--num_processes", "2", *args], capture_output=True, text=True, cwd=cwd)
 
 
 def _rows(path: Path) -> list[dict]:
     return list(csv.DictReader(open(path)))
 
 
-def test_sharded_rebound_equals_one_process(tiny_assets, tmp_path):
+def test_sharded_rebound_equals_one_process(sharding, tiny_assets, tmp_path):
     config = _config(tiny_assets, tmp_path)
-    two = _launch(config, tmp_path / "two")
+    two = _launch(sharding, "-m", "elasticity", "rebound", "--config", str(config), "--runs-dir", str(tmp_path / "two"),
+                  cwd=tmp_path)
     assert two.returncode == 0, two.stderr[-3000:]
     assert main(["rebound", "--config", str(config), "--runs-dir", str(tmp_path / "one"),
                  "--train.grad_accum", "2"]) == 0
@@ -60,7 +61,7 @@ def test_sharded_rebound_equals_one_process(tiny_assets, tmp_path):
                 except ValueError:
                     assert g[key] == w[key], (name, key)
     for negative in (tmp_path / "two").glob("rebound-negative-*"):
-        assert json.loads((negative / "summary.json").read_text())["sharded"] is True
+        assert json.loads((negative / "summary.json").read_text())["sharding"] == sharding
         assert sorted(p["q2"] for p in read_jsonl(negative / "points.jsonl")) == [0, 4, 12]  # each point once
 
 
@@ -90,14 +91,18 @@ for name, on_step in (("whole", None), ("crashed", crash)):
         summary = train(build_tiny_model("0.2m", len(tok), 64, seed=0), tok, examples, cfg, run, evals,
                         on_step=on_step, progress_bar=False)
     except KeyboardInterrupt:
-        assert run.file("resume.pt").exists()
+        state = torch.load(run.file("resume.pt"))
+        assert state["sharded"] == {sharding!r} and state["progress"]["step"] == 4, state["progress"]
+        # ZeRO-3's shards are DeepSpeed's checkpoint of that step alone
+        tags = [p.name for p in run.file("resume-zero3").iterdir() if p.is_dir()] if {sharding!r} == "zero3" else []
+        assert tags == (["step-4"] if {sharding!r} == "zero3" else []), tags
         summary = train(build_tiny_model("0.2m", len(tok), 64, seed=123), tok, examples, cfg, run, evals,
                         progress_bar=False)
-    assert summary["sharded"] and summary["processes"] == 2, summary
+    assert summary["sharding"] == {sharding!r} and summary["processes"] == 2, summary
 """
 
 
-def test_a_sharded_run_resumes_exactly_and_saves_the_whole_model(tiny_assets, tmp_path):
+def test_a_sharded_run_resumes_exactly_and_saves_the_whole_model(sharding, tiny_assets, tmp_path):
     """Interrupted at step 5 and resumed from its step-4 state (gathered whole onto the main process), a sharded run
     ends where the uninterrupted one does, to the bit; its saved models equal one process's run to rounding."""
     import torch
@@ -110,14 +115,12 @@ def test_a_sharded_run_resumes_exactly_and_saves_the_whole_model(tiny_assets, tm
 
     script = tmp_path / "worker.py"
     script.write_text(WORKER.format(tests=str(Path(__file__).parent), out=str(tmp_path / "sharded"),
-                                    assets={k: str(v) for k, v in tiny_assets.items()}))
-    launcher = Path(sys.executable).with_name("accelerate")
-    done = subprocess.run([str(launcher), "launch", "--config_file", str(ROOT / "configs/accelerate/fsdp2.yaml"),
-                           "--num_processes", "2", str(script)], capture_output=True, text=True, cwd=tmp_path)
+                                    assets={k: str(v) for k, v in tiny_assets.items()}, sharding=sharding))
+    done = _launch(sharding, str(script), cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
     whole, crashed = (Run(tmp_path / "sharded" / n) for n in ("whole", "crashed"))
     assert crashed.metrics() == whole.metrics()  # every loss, gradient norm and evaluation, to the bit
-    assert not crashed.file("resume.pt").exists()
+    assert not crashed.file("resume.pt").exists() and not crashed.file("resume-zero3").exists()
     a, b = (load_causal_lm(str(r.file("model")))[0] for r in (whole, crashed))
     for (name, p), q in zip(a.named_parameters(), b.parameters(), strict=True):
         assert torch.equal(p, q), name
@@ -139,3 +142,23 @@ def test_a_sharded_run_resumes_exactly_and_saves_the_whole_model(tiny_assets, tm
         assert torch.allclose(p, q, atol=1e-4, rtol=0), name
     for p, q in zip(kept.parameters(), a.parameters(), strict=True):
         assert torch.equal(p, q)  # the last step's checkpoint is the final model
+
+
+def test_a_sharded_resume_state_is_not_resumed_unsharded(sharding, tiny_assets, tmp_path):
+    """A resume state names the sharding that wrote it; resuming it otherwise is refused in one line."""
+    import torch
+    from test_train import _setup
+
+    from elasticity.errors import UserError
+    from elasticity.models.tiny import build_tiny_model
+    from elasticity.runs import Run
+    from elasticity.train.loop import TrainConfig, train
+
+    tok, examples = _setup(tiny_assets)
+    run = Run(tmp_path / "run")
+    run.path.mkdir()
+    torch.save({"sharded": sharding, "progress": {"step": 1, "examples": 8, "tokens": 100}}, run.file("resume.pt"))
+    written = {"fsdp2": "an FSDP2", "zero3": "a ZeRO-3"}[sharding]
+    with pytest.raises(UserError, match=f"was written by {written} run: resume it launched as it was"):
+        train(build_tiny_model("0.2m", len(tok), 64, seed=0), tok, examples, TrainConfig(batch_size=4, max_length=64),
+              run, progress_bar=False)

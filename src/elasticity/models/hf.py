@@ -242,3 +242,20 @@ def parameter_count(source: str, trust_remote_code: bool = False) -> float | Non
             return float(AutoModelForCausalLM.from_config(config, trust_remote_code=trust_remote_code).num_parameters())
     except Exception:  # noqa: BLE001 - an unreadable config means the count is unknown, not an error
         return None
+
+
+def whole_copy(lm, state: dict, device):
+    """A new ordinary model of sharded `lm`'s class and config holding the whole weights `state`, on `device` (what
+    a sharded model is measured and saved as: `train.sharding`, `train.zero3`)."""
+    import torch
+
+    with torch.device("meta"):
+        copy = type(lm)(lm.config)
+    copy.load_state_dict(state, assign=True)
+    for name, buffer in lm.named_buffers():  # buffers are never sharded; the state dict lacks the non-persistent
+        owner, _, attr = name.rpartition(".")  # ones (rotary frequencies), still on the meta device here
+        copy.get_submodule(owner)._buffers[attr] = buffer.detach().clone()
+    if getattr(lm.config, "tie_word_embeddings", False):
+        copy.tie_weights()  # assign=True gave the head its own tensor; tie it back to the embeddings
+    copy.generation_config = lm.generation_config
+    return copy.to(device).train(lm.training)

@@ -3,7 +3,8 @@
 A checkpoint is a model folder (safetensors in the model's own dtype; a peft model writes its adapter alone) with
 its tokenizer and progress.json. A run keeps at most one resume state, `resume.pt`, replaced at each save
 (written beside it first, so a kill never leaves half of one): the weights, the optimizer and scheduler, the
-progress and every random generator's state, as tensors and plain values only.
+progress and every random generator's state, as tensors and plain values only. (Under ZeRO-3 the weights and the
+optimizer are DeepSpeed's own checkpoint, in `resume-zero3/`, which `resume.pt` names.)
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from elasticity.files import write_json
 from elasticity.models.hf import quiet_loading
 from elasticity.models.spec import save_model
 from elasticity.runs import Run
-from elasticity.train import sharding
+from elasticity.train.zero3 import SHARDS
 
 RESUME = "resume.pt"  # a run's resume state: tensors and plain values only
 
@@ -68,19 +69,21 @@ def _trained_weights(lm) -> dict:
     return {k: v for k, v in lm.state_dict().items() if k in trained}
 
 
-def save_resume(run: Run, model, optimizer, scheduler, progress: Progress, accelerator, sharded: bool = False) -> None:
+def save_resume(run: Run, model, optimizer, scheduler, progress: Progress, accelerator, parallel) -> None:
     """Everything a resumed run needs, as tensors and plain Python values only (read back without pickle's
-    power to run code: `torch.load(weights_only=True)`). A sharded run's states are gathered whole (by parameter
-    name) onto the main process, which writes them."""
+    power to run code: `torch.load(weights_only=True)`). A sharded run's states come from its strategy
+    (`train.sharding`): gathered whole by parameter name onto the main process (FSDP2), or DeepSpeed's checkpoint
+    of the shards (ZeRO-3)."""
     lm = accelerator.unwrap_model(model).lm
-    weights, optimizer_state = sharding.resume_state(lm, optimizer) if sharded else (None, None)
+    sharded = parallel.resume_states(model, optimizer, run, progress.step) if parallel.name else {}
     if not accelerator.is_main_process:
         return
     kind, keys, pos, has_gauss, gauss = np.random.get_state()
     state = {
-        "sharded": sharded,
-        "model": weights if sharded else _trained_weights(lm),
-        "optimizer": optimizer_state if sharded else optimizer.state_dict(),
+        "sharded": parallel.name or False,
+        "model": None if parallel.name else _trained_weights(lm),
+        "optimizer": None if parallel.name else optimizer.state_dict(),
+        **sharded,
         "scheduler": scheduler.state_dict(),
         "progress": vars(progress).copy(),
         "rng": {"torch": torch.get_rng_state(), "python": random.getstate(),
@@ -89,21 +92,34 @@ def save_resume(run: Run, model, optimizer, scheduler, progress: Progress, accel
     tmp = run.file("resume.pt.tmp")
     torch.save(state, tmp)
     tmp.replace(run.file(RESUME))
+    if parallel.name:
+        parallel.resume_written(run, state)
 
 
-def load_resume(run: Run, model, optimizer, scheduler, accelerator, sharded: bool = False) -> Progress:
+def drop_resume(run: Run) -> None:
+    """Remove a finished run's resume state (the main process)."""
+    run.file(RESUME).unlink(missing_ok=True)
+    shutil.rmtree(run.file(SHARDS), ignore_errors=True)
+
+
+def _written_by(state: dict) -> str:
+    sharded = state.get("sharded", False)
+    return {True: "fsdp2", False: ""}.get(sharded, sharded)  # True: an FSDP2 state of the first sharded release
+
+
+def load_resume(run: Run, model, optimizer, scheduler, accelerator, parallel) -> Progress:
     try:  # memory-mapped: under FSDP every process reads its progress, and only the main one the weights
         state = torch.load(run.file(RESUME), map_location="cpu", weights_only=True, mmap=True)
     except Exception:  # noqa: BLE001 - whatever the file is, it is not a resume state of ours
         raise UserError(f"{run.file(RESUME)} is not a resume state this toolkit wrote (it holds more than tensors "
                         "and plain values, and is not unpickled); delete it to start the stage over") from None
     lm = accelerator.unwrap_model(model).lm
-    if state.get("sharded", False) != sharded:
-        raise UserError(f"{run.file(RESUME)} was written by {'a' if state.get('sharded') else 'an un'}sharded run: "
-                        "resume it launched as it was, or delete it to start the stage over")
-    if sharded:
-        main = accelerator.is_main_process
-        sharding.load_resume_state(lm, optimizer, state["model"] if main else {}, state["optimizer"] if main else {})
+    if _written_by(state) != parallel.name:
+        how = {"": "an unsharded", "fsdp2": "an FSDP2", "zero3": "a ZeRO-3"}
+        raise UserError(f"{run.file(RESUME)} was written by {how.get(_written_by(state), 'another')} run: resume it "
+                        "launched as it was, or delete it to start the stage over")
+    if parallel.name:
+        parallel.load_resume_states(model, optimizer, state, run, accelerator.is_main_process)
         return _restore_rest(state, scheduler)
     missing, unexpected = lm.load_state_dict(state["model"], strict=not _is_peft(lm))
     trained = {name for name, p in lm.named_parameters() if p.requires_grad}

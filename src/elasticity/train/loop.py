@@ -25,11 +25,19 @@ import torch
 from elasticity.data.batching import Step, collate, collate_packed, ordered_indices, pack_step, plan_steps
 from elasticity.data.tokenize import Example, pad_id
 from elasticity.errors import UserError
-from elasticity.likelihood import check_packed_attention, teacher_forced, token_scores, use_own_forward
+from elasticity.likelihood import check_packed_attention, teacher_forced, token_scores
 from elasticity.ranks import no_accelerator
 from elasticity.runs import Run
 from elasticity.train import sharding
-from elasticity.train.checkpoints import RESUME, Progress, load_resume, save_checkpoint, save_resume, write_checkpoint
+from elasticity.train.checkpoints import (
+    RESUME,
+    Progress,
+    drop_resume,
+    load_resume,
+    save_checkpoint,
+    save_resume,
+    write_checkpoint,
+)
 
 __all__ = ["RESUME", "Progress", "TrainConfig", "no_accelerator", "plan", "train", "write_checkpoint"]
 
@@ -220,9 +228,9 @@ def train(
         cfg: optimisation settings.
         run: the run directory; `resume.pt` there, if present, is resumed from.
         evals: named evaluation sets, scored at start, every `eval_every` steps and at the end.
-        on_step: called after every optimizer step with (progress, unwrapped model), e.g. for snapshots. Under FSDP
-            (`train.sharding`) the model is an ordinary copy on the main process at checkpoint marks, and None at
-            other steps and on the other processes; the model passed in stays sharded after the run.
+        on_step: called after every optimizer step with (progress, unwrapped model), e.g. for snapshots. Sharded
+            (FSDP2 or ZeRO-3: `train.sharding`), the model is an ordinary copy on the main process at checkpoint
+            marks, and None at other steps and on the other processes; the model passed in stays sharded.
         save_final: write the final model to `run/model` (off when the caller keeps only measurements).
         objective: the loss (`NextTokenLoss()` if none; `train.preference.PreferenceLoss` over pairs).
         keep_checkpoints: write a model at every checkpoint mark (off: the marks only cut steps and call
@@ -237,34 +245,30 @@ def train(
     if not examples:
         raise UserError("no training examples")
     sharding.check_launch()
-    sharded = sharding.requested()  # FSDP2: the loop shards the model itself (see train.sharding)
+    sharded = sharding.launched()  # "fsdp2" or "zero3": the loop shards the model itself (see train.sharding)
     if sharded and objective is not None:
-        raise UserError("FSDP shards next-token (sft) training only: launch a preference step with --multi_gpu")
+        raise UserError(f"{sharding.NAMES[sharded]} shards next-token (sft) training only: launch a preference step "
+                        "with --multi_gpu")
     accelerator = Accelerator(cpu=no_accelerator())
+    parallel = sharding.strategy(accelerator, cfg.batch_size, cfg.max_grad_norm)
     world = accelerator.num_processes
     steps = plan(examples, cfg, world)
     if not steps:
         raise UserError("the training data gives no optimizer step; lower the batch size or add data")
     torch.manual_seed(cfg.seed)
-    params = [p for p in model.parameters() if p.requires_grad]
-    if not params:
+    if not any(p.requires_grad for p in model.parameters()):
         raise UserError("the model has no trainable parameter (every weight is frozen)")
     if cfg.gradient_checkpointing:
         if not hasattr(model, "gradient_checkpointing_enable"):
             raise UserError("train.gradient_checkpointing needs a Hugging Face model")
         # non-reentrant: gradients reach LoRA weights without the inputs requiring grad
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    if sharded:
-        sharding.shard(model, accelerator.device)
-        use_own_forward(model)  # its root unit gathers the embeddings and the head in the model's own forward only
-        params = [p for p in model.parameters() if p.requires_grad]  # the shards
+    objective_module = Objective(model)
+    params = parallel.shard(objective_module, accelerator.device)  # the shards, when sharded
     optimizer = _optimizer(params, cfg, accelerator.device)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(cfg, len(steps)))
-    if sharded:
-        model = Objective(model)  # no data-parallel wrapper: the shards' gradients are reduce-scattered by FSDP
-    else:
-        model, optimizer = accelerator.prepare(Objective(model), optimizer)
-    lm = accelerator.unwrap_model(model).lm  # the language model itself, wherever accelerate placed it
+    model, optimizer = parallel.wrap(objective_module, optimizer)
+    lm = objective_module.lm  # the language model itself, wherever accelerate placed it
     device = accelerator.device
     pad = pad_id(tok)
 
@@ -274,7 +278,7 @@ def train(
     objective.setup(lm, examples, steps, pad, device, run, cfg.eval_batch_size, accelerator.is_main_process)
     progress = Progress()
     if run.file(RESUME).exists():
-        progress = load_resume(run, model, optimizer, scheduler, accelerator, sharded)
+        progress = load_resume(run, model, optimizer, scheduler, accelerator, parallel)
         if accelerator.is_main_process:
             run.truncate_metrics(lambda r: r.get("step", 0) <= progress.step)
         print(f"[train] resuming {run.path} at step {progress.step}/{len(steps)}")
@@ -314,37 +318,23 @@ def train(
         with _autocast(device, cfg.bf16):
             objective.begin_step(lm, examples, step, index, pad, device, cfg.eval_batch_size)
         for m, idx in enumerate(mine):
-            sync = m == len(mine) - 1
-            if sharded:
-                lm.set_requires_gradient_sync(sync)
-            if idx is None:  # sharded, no share left here: a forward of another share, weighted 0
-                with _autocast(device, cfg.bf16):
+            with parallel.accumulating(model, last=m == len(mine) - 1), _autocast(device, cfg.bf16):
+                if idx is None:  # sharded, no share left here: a forward of another share, weighted 0
                     loss, _, _ = objective.micro(model, examples, step.micro_batches[0], pad, device)
-                accelerator.backward(loss * 0.0)
-                continue
-            if not idx:  # this process has no share of a short step: contribute a zero gradient
-                loss = sum(p.sum() * 0.0 for p in params)
-                accelerator.backward(loss)
-                continue
-            with (nullcontext() if sync or sharded else accelerator.no_sync(model)), _autocast(device, cfg.bf16):
-                loss, logged, tokens = objective.micro(model, examples, idx, pad, device)
-                # DDP averages gradients over processes, so scale by `world` to get sum / n_targets overall.
-                accelerator.backward(loss * world / max(step.n_targets, 1))
-            step_nll += logged
-            step_tokens += tokens
+                    parallel.backward(model, loss * 0.0)
+                elif not idx:  # this process has no share of a short step: contribute a zero gradient
+                    parallel.backward(model, sum(p.sum() * 0.0 for p in params))
+                else:
+                    loss, logged, tokens = objective.micro(model, examples, idx, pad, device)
+                    # gradients are averaged over processes, so scale by `world` to get sum / n_targets overall
+                    parallel.backward(model, loss * world / max(step.n_targets, 1))
+                    step_nll += logged
+                    step_tokens += tokens
         if world > 1:
             step_nll = accelerator.reduce(step_nll, reduction="sum")
             step_tokens = int(accelerator.reduce(torch.tensor(step_tokens, device=device), reduction="sum"))
-        grad_norm = None
-        if cfg.max_grad_norm is not None:
-            if sharded:  # the norm of all shards together, as one process would have it
-                norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
-                grad_norm = float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)
-            else:
-                grad_norm = float(accelerator.clip_grad_norm_(params, cfg.max_grad_norm))
-        optimizer.step()
+        grad_norm = parallel.step(model, optimizer, params, cfg.max_grad_norm)  # clipped, stepped, zeroed
         scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
 
         tokens_before = progress.tokens
         progress.step += 1
@@ -372,21 +362,21 @@ def train(
         if progress.examples in cfg.checkpoint_examples:
             marks.append(f"examples-{progress.examples}")
         # a sharded model is read (saved, measured) as an ordinary copy on the main process, None elsewhere
-        reader = (sharding.gathered(lm, device, accelerator.is_main_process) if marks else None) if sharded else lm
+        reader = parallel.reader(lm, device, accelerator.is_main_process, marks)
         for name in marks if keep_checkpoints else ():
             save_checkpoint(reader, tok, run.file("checkpoints") / name, accelerator, progress)
         if on_step is not None:
             on_step(progress, reader)
         reader = None  # a gathered copy is freed before the next step
         if not is_last and (marks or (cfg.save_every and progress.step % cfg.save_every == 0)):
-            save_resume(run, model, optimizer, scheduler, progress, accelerator, sharded)
+            save_resume(run, model, optimizer, scheduler, progress, accelerator, parallel)
     bar.close()
 
     if save_final:
-        final = sharding.gathered(lm, device, accelerator.is_main_process) if sharded else lm
+        final = parallel.reader(lm, device, accelerator.is_main_process, ["model"])
         save_checkpoint(final, tok, run.file("model"), accelerator, progress)
     if accelerator.is_main_process:
-        run.file(RESUME).unlink(missing_ok=True)
+        drop_resume(run)
     elapsed = time.perf_counter() - t0
     return {
         "steps": progress.step,
@@ -396,5 +386,5 @@ def train(
         "last_eval": last_eval,
         "train_seconds_this_session": round(elapsed, 3),
         "processes": world,
-        "sharded": sharded,
+        "sharding": sharded or "none",
     }
