@@ -58,7 +58,7 @@ class TrainConfig:
     max_steps: int | None = None  # stop after this many optimizer steps; none = all the epochs' steps
     max_grad_norm: float | None = 1.0  # clip the gradient's global norm to this; none = no clipping
     bf16: bool = False  # bf16 autocast; parameters and optimizer stay in the model's dtype (fp32 master weights
-    # when the model is loaded in float32)
+    # when the model is loaded in float32; under ZeRO-3 always, as DeepSpeed keeps them)
     gradient_checkpointing: bool = False  # recompute each layer's activations in the backward pass (HF models):
     # activation memory of one layer instead of all, about a third more compute
     optimizer: Literal["adamw", "adamw8bit"] = "adamw"  # adamw8bit: bitsandbytes' 8-bit AdamW (CUDA only), whose

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import os
 import shutil
+from contextlib import nullcontext
 
 import torch
 
@@ -94,8 +95,6 @@ class Zero3:
         return engine, wrapped
 
     def accumulating(self, model, last: bool):
-        from contextlib import nullcontext
-
         return nullcontext()  # every backward accumulates; the step's reduction is step()
 
     def backward(self, model, loss: torch.Tensor) -> None:
