@@ -254,6 +254,10 @@ CASES = {
     "plan negative shards": (lambda f: _plan("--fsdp", "-1"), "fsdp must be >= 0"),
     "plan sharded resistance": (lambda f: _plan("--fsdp", "2", preset="resistance-alpaca.yaml"),
                                 "fsdp: resistance runs in one process"),
+    "plan ZeRO-3 with a dpo step": (lambda f: _plan("--zero3", "2", "--perturb", "dpo"),
+                                    "zero3: DeepSpeed ZeRO-3 shards sft steps only, and this preset has a dpo step"),
+    "plan sharded twice": (lambda f: _plan("--zero3", "2", "--fsdp", "2"),
+                           "fsdp and zero3 are two ways to shard one run: give one of them"),
     # compress
     "compress batch 0": (lambda f: ["compress", "--runs-dir", "runs", "--model", str(f["model"]), "--data",
                                     str(f["text"]), "--batch_size", "0"], "batch_size must be at least 1"),

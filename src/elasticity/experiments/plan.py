@@ -40,11 +40,14 @@ __all__ = ["Config", "config_for", "run", "build_plan"]
 class ReboundPlan(presets.ReboundPreset):
     fsdp: int = 0  # GPU memory per process with the model sharded over this many GPUs (FSDP2:
     # configs/accelerate/fsdp2.yaml); 0 = not sharded, every process holds the whole model
+    zero3: int = 0  # the same sharded by DeepSpeed ZeRO-3 (configs/accelerate/zero3.yaml), which keeps float32
+    # master weights and moments of each shard
 
 
 @dataclass(frozen=True)
 class ResistancePlan(presets.ResistancePreset):
     fsdp: int = 0  # (resistance runs in one process: refused above 0)
+    zero3: int = 0  # (the same)
 
 
 Config = ReboundPlan  # the CLI's default class; `config_for` picks the one a file asks for
@@ -265,9 +268,12 @@ def _resources(cfg, model: Model, totals: dict, scorer_params: float | None, pro
     if cfg.lora.r > 0 and model.config is not None:  # exact: peft's own wrap on the meta device
         lora = memory.lora_parameters(model.config, cfg.lora, cfg.trust_remote_code)
     mem = memory.gpu_memory(n, model.config, cfg, lora, scorer_params, prompt_tokens)
-    if cfg.fsdp:
-        mem = fsdp_memory.sharded(mem, cfg.fsdp, n, model.config, cfg)
+    shards, sharding = fsdp_memory.check(cfg, cfg.lora.r > 0)
+    if shards:
+        mem = fsdp_memory.sharded(mem, shards, n, model.config, cfg, zero3=sharding == "zero3")
     disk = memory.disk(n, model.config, cfg, totals["kept_checkpoints"], lora)
+    if sharding == "zero3":
+        disk = fsdp_memory.zero3_disk(disk, n, cfg)
     trains = [cfg.train] if hasattr(cfg, "train") else [cfg.align, cfg.finetune]
     per_token = (4 if lora else 6) + (2 if any(t.gradient_checkpointing for t in trains) else 0)  # FLOPs / N
     train_flops = per_token * n * (totals["training_tokens"] or 0)
@@ -276,7 +282,8 @@ def _resources(cfg, model: Model, totals: dict, scorer_params: float | None, pro
     seconds = train_flops / (PEAK_FLOPS * a["training_utilisation"]) + \
         infer_flops / (PEAK_FLOPS * a["inference_utilisation"])
     parts = {k: _gib(v) for k, v in mem.items() if isinstance(v, float | int) and not isinstance(v, bool)}
-    return {"gpu_memory_gib": round(mem["total"] / GIB, 1), "gpu_memory": parts, "peak": mem["peak"], "fsdp": cfg.fsdp,
+    return {"gpu_memory_gib": round(mem["total"] / GIB, 1), "gpu_memory": parts, "peak": mem["peak"], "shards": shards,
+            "sharding": sharding or None,
             "fits": mem["fits"], "lora_parameters": lora, "prompt_tokens": prompt_tokens,
             "architecture_from": model.architecture_from,
             "activations_included": model.config is not None, "disk_gib": round(disk["total"] / GIB, 1),
@@ -296,7 +303,7 @@ def _scorer(cfg) -> dict:
 def build_plan(cfg: Suite) -> dict:
     """The whole plan as plain data (what `--json` prints)."""
     check_suite(cfg, models_here=False)  # a plan says what is missing instead
-    fsdp_memory.check(cfg, cfg.fsdp, cfg.lora.r > 0)
+    fsdp_memory.check(cfg, cfg.lora.r > 0)
     models = [_read_model(e) for e in entries(cfg)]
     data, prepared = _data(cfg, models)
     scorer = _scorer(cfg) if cfg.experiment == "rebound" or getattr(cfg, "score", False) else None

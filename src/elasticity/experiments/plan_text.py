@@ -24,13 +24,15 @@ def _resource_lines(r: dict, runtime_gib: float) -> list[str]:
     shapes = {"config": "", "known": " (architecture from memory.KNOWN: the model is not here)",
               "unknown": " (activations, logits and generation not included: no config here)"}
     fits = ", ".join(f"{k} {'yes' if v else 'no'}" for k, v in r["fits"].items())
-    sharded = r.get("fsdp", 0)
-    trained = (("shard_weights", "shard_gradients", "shard_optimizer", "shard_autocast_copies", "fsdp_whole_weights",
-                "fsdp_whole_gradients", "fsdp_logits", "activations", "logits_chunk") if sharded else
+    sharded = r.get("shards", 0)
+    trained = (("shard_weights", "shard_gradients", "shard_optimizer", "shard_autocast_copies", "zero3_master_weights",
+                "zero3_master_gradients", "zero3_buckets", "fsdp_whole_weights", "fsdp_whole_gradients", "fsdp_logits",
+                "activations", "logits_chunk") if sharded else
                ("weights", "gradients", "optimizer", "autocast_copies", "activations", "logits_chunk",
                 "head_gradient_temporary"))
     lines = [f"  GPU memory per process: {r['gpu_memory_gib']} GiB at the {r['peak']} peak"
-             + (f", sharded over {sharded} GPUs (FSDP2; the main process, which measures)" if sharded else "")
+             + (f", sharded over {sharded} GPUs ({'ZeRO-3' if r.get('sharding') == 'zero3' else 'FSDP2'}; the main "
+                "process, which measures)" if sharded else "")
              + shapes[r["architecture_from"]],
              f"    training {g['training']} GiB: " + _parts(g, trained)
              + (f" (LoRA: {r['lora_parameters']:,} trained parameters)" if r["lora_parameters"] else "")
